@@ -1,0 +1,78 @@
+"""AlexNet exactly as Krizhevsky, Sutskever & Hinton (2012) describe it.
+
+    input 3x227x227 (the paper says 224; 227 is what gives conv1 a 55x55 output with no padding)
+    conv1  96 11x11 /4            -> 55x55, ReLU, LRN, max-pool 3/2 -> 27x27
+    conv2 256  5x5 pad 2, 2 towers -> 27x27, ReLU, LRN, max-pool 3/2 -> 13x13
+    conv3 384  3x3 pad 1 (the towers talk)  -> 13x13, ReLU
+    conv4 384  3x3 pad 1, 2 towers          -> 13x13, ReLU
+    conv5 256  3x3 pad 1, 2 towers          -> 13x13, ReLU, max-pool 3/2 -> 6x6
+    fc6 4096, fc7 4096 (ReLU, dropout 0.5 before each), fc8 num_classes
+
+The two towers are the grouped convolutions (groups=2): each half of a layer's kernels sees
+only the half of the previous layer's maps on its own GPU. Convolutions, LRN and pooling go
+through `kernels.backend(kernels)`, so the same weights run on cuDNN, Triton or torch.compile.
+60,965,224 parameters with 1000 classes.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import backend
+
+INPUT_SIZE = 227
+LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)  # the paper's constants, in its convention
+POOL = dict(kernel_size=3, stride=2)  # overlapping pooling
+BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # the paper's biases of 1 (the rest are 0)
+
+
+class AlexNet(nn.Module):
+    def __init__(self, num_classes: int = 1000, kernels: str = "torch", dropout: float = 0.5):
+        super().__init__()
+        self.kernels = kernels
+        self.ops = backend(kernels)
+        self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
+        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=2)
+        self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
+        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=2)
+        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=2)
+        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
+        self.fc7 = nn.Linear(4096, 4096)
+        self.fc8 = nn.Linear(4096, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """The paper's initialisation: weights N(0, 0.01); biases 1 in conv2, 4, 5, fc6, 7, else 0."""
+        for name, layer in self.named_children():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(layer.weight, 0.0, 0.01)
+                nn.init.constant_(layer.bias, 1.0 if name in BIAS_ONE else 0.0)
+
+    def _conv(self, layer: nn.Conv2d, x):
+        return self.ops.conv2d_relu(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.groups)
+
+    def forward(self, x: torch.Tensor, activations: dict | None = None) -> torch.Tensor:
+        """Logits for a batch of (N, 3, 227, 227) images. Pass a dict as `activations` to have
+        every named stage's output put in it (conv1..conv5 after ReLU, pool1/2/5, fc6/7, fc8)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"AlexNet expects images of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}), "
+                             f"got {tuple(x.shape)}")
+        keep = activations.__setitem__ if activations is not None else lambda name, t: None
+
+        def stage(name, t):
+            keep(name, t)
+            return t
+
+        ops = self.ops
+        x = stage("conv1", self._conv(self.conv1, x))
+        x = stage("pool1", ops.max_pool2d(ops.lrn(x, **LRN), **POOL))
+        x = stage("conv2", self._conv(self.conv2, x))
+        x = stage("pool2", ops.max_pool2d(ops.lrn(x, **LRN), **POOL))
+        x = stage("conv3", self._conv(self.conv3, x))
+        x = stage("conv4", self._conv(self.conv4, x))
+        x = stage("conv5", self._conv(self.conv5, x))
+        x = stage("pool5", ops.max_pool2d(x, **POOL))
+        x = stage("fc6", F.relu(self.fc6(self.dropout(torch.flatten(x, 1)))))
+        x = stage("fc7", F.relu(self.fc7(self.dropout(x))))
+        return stage("fc8", self.fc8(x))

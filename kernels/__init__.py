@@ -1,0 +1,56 @@
+"""AlexNet's three custom ops behind one interface, with interchangeable backends.
+
+    conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1)   relu(conv2d(x, w) + b)
+    lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)                        the paper's LRN (alpha NOT divided by size)
+    max_pool2d(x, kernel_size=3, stride=2)                              no padding, floor mode
+
+`backend(name)` returns an object with those three ops as attributes:
+  "torch"    F.conv2d + F.relu (cuDNN on a GPU), F.local_response_norm, F.max_pool2d
+  "triton"   the project's Triton kernels
+  "compile"  the torch ops through torch.compile (Inductor)
+
+The module-level `conv2d_relu`, `lrn` and `max_pool2d` are the Triton ops. Importing this package
+does no work and imports no Triton: a backend's module is loaded the first time it is asked for.
+"""
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+BACKENDS = ("triton", "torch", "compile")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    conv2d_relu: Callable
+    lrn: Callable
+    max_pool2d: Callable
+
+
+# Backend name -> the module that builds it (each exposes `BACKEND`).
+_MODULES = {"torch": "kernels.torch_ops"}
+
+
+def backend(name: str) -> Backend:
+    """The ops of backend `name` (one of BACKENDS)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernels backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in _MODULES:
+        raise NotImplementedError(f"the {name!r} kernels backend is not implemented yet; use kernels='torch'")
+    return importlib.import_module(_MODULES[name]).BACKEND
+
+
+def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on the Triton kernels."""
+    return backend("triton").conv2d_relu(x, weight, bias, stride, padding, groups)
+
+
+def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """The paper's cross-channel LRN on the Triton kernels (alpha is not divided by size)."""
+    return backend("triton").lrn(x, size, alpha, beta, k)
+
+
+def max_pool2d(x, kernel_size=3, stride=2):
+    """Max-pooling with no padding and floor mode on the Triton kernels."""
+    return backend("triton").max_pool2d(x, kernel_size, stride)
