@@ -121,24 +121,30 @@ def render(split: str, class_index: int, index: int) -> tuple[Image.Image, int]:
     return image, int(rng.integers(70, 96))
 
 
+def write_dataset(root: Path, images_per_class: dict[str, int] = IMAGES_PER_CLASS,
+                  num_classes: int = len(CLASSES)) -> None:
+    """Draw the first `num_classes` classes with `images_per_class[split]` images each into `root`."""
+    for split, count in images_per_class.items():
+        for c, name in enumerate(CLASSES[:num_classes]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image, quality = render(split, c, i)
+                image.save(folder / f"{name}_{i:04d}.JPEG", format="JPEG", quality=quality)
+
+
 def ensure_embedded(root: Path | str | None = None, progress: bool = True) -> Path:
     """Return the embedded dataset's folder, generating it first if it is not there yet."""
     root = Path(root) if root is not None else default_root()
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    total = sum(IMAGES_PER_CLASS.values()) * len(CLASSES)
     if progress:
+        total = sum(IMAGES_PER_CLASS.values()) * len(CLASSES)
         print(f"Generating the embedded dataset ({total} JPEGs) in {root} ...", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
     try:
-        for split, count in IMAGES_PER_CLASS.items():
-            for c, name in enumerate(CLASSES):
-                folder = tmp / split / name
-                folder.mkdir(parents=True)
-                for i in range(count):
-                    image, quality = render(split, c, i)
-                    image.save(folder / f"{name}_{i:04d}.JPEG", format="JPEG", quality=quality)
+        write_dataset(tmp)
         try:
             tmp.rename(root)
         except OSError:  # another process finished first: keep theirs

@@ -1,0 +1,69 @@
+"""The network is the paper's: parameter count, feature-map sizes, LRN formula, initialisation."""
+
+import pytest
+import torch
+
+import kernels
+from alexnet.model import AlexNet
+from tests.reference import lrn_paper_float64
+
+
+def test_parameter_count_is_the_papers():
+    assert sum(p.numel() for p in AlexNet().parameters()) == 60_965_224
+
+
+def test_feature_map_shapes():
+    model = AlexNet(num_classes=10).eval()
+    activations = {}
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 227, 227), activations)
+    sizes = {name: tuple(t.shape[1:]) for name, t in activations.items()}
+    assert sizes == {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27),
+                     "pool2": (256, 13, 13), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
+                     "conv5": (256, 13, 13), "pool5": (256, 6, 6), "fc6": (4096,), "fc7": (4096,),
+                     "fc8": (10,)}
+    assert logits.shape == (1, 10)
+
+
+def test_two_towers_are_grouped_convolutions():
+    model = AlexNet()
+    assert [model.conv1.groups, model.conv2.groups, model.conv3.groups, model.conv4.groups,
+            model.conv5.groups] == [1, 2, 1, 2, 2]
+    # Each tower's conv2 kernels see only the 48 maps of their own tower.
+    assert model.conv2.weight.shape == (256, 48, 5, 5)
+
+
+@pytest.mark.parametrize("shape", [(2, 96, 55, 55), (1, 256, 27, 27), (3, 7, 4, 5)])
+def test_torch_lrn_is_the_papers_formula(shape):
+    # Inputs on the scale conv1 produces from raw pixels (tens), so alpha * sum(a^2) matters.
+    a = torch.randn(shape, dtype=torch.float64) * 30
+    got = kernels.backend("torch").lrn(a)
+    want = lrn_paper_float64(a, size=5, alpha=1e-4, beta=0.75, k=2.0)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg="[lrn] torch backend vs paper formula")
+    # And it is not the identity or PyTorch's default convention (alpha / n).
+    assert not torch.allclose(got, a / 2.0 ** 0.75)
+    assert not torch.allclose(got, torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0))
+
+
+def test_initialisation_is_the_papers():
+    torch.manual_seed(0)
+    model = AlexNet()
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        layer = getattr(model, name)
+        w = layer.weight.detach()
+        # >= 34,848 samples a layer: the sample mean's spread is < 5.4e-5 and the sample std's < 3.8e-5,
+        # so 3e-4 is > 5 sigma of noise yet far below a wrong init (0.005, or PyTorch's default).
+        assert abs(w.mean().item()) < 3e-4, f"[{name}.weight] mean {w.mean().item()}"
+        assert abs(w.std().item() - 0.01) < 3e-4, f"[{name}.weight] std {w.std().item()}"
+        want = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == want), f"[{name}.bias] should be all {want}"
+
+
+def test_wrong_input_size_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(N, 3, 227, 227\), got \(1, 3, 224, 224\)"):
+        AlexNet(num_classes=10)(torch.randn(1, 3, 224, 224))
+
+
+def test_unknown_or_unbuilt_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown kernels backend 'cudnn'"):
+        AlexNet(kernels="cudnn")

@@ -1,0 +1,176 @@
+"""Training end to end on a tiny embedded dataset: resume is exact, checkpoints survive crashes,
+bad input is named."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet import checkpoint
+from alexnet.model import AlexNet
+from alexnet.train import get_args_parser, main
+from data.embedded import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes, 4 train and 2 val images each: 3 steps per epoch at batch 4."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(root, {"train": 4, "val": 2}, num_classes=3)
+    return root
+
+
+def train_cli(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`python -m alexnet.train` in a new process, as a user runs it."""
+    cmd = [sys.executable, "-m", "alexnet.train", "--data-path", str(data), "--output-dir", str(out),
+           "-b", "4", "--seed", "3", *flags]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def assert_same_state(a: Path, b: Path):
+    sa, sb = checkpoint.load(a), checkpoint.load(b)
+    for key, value in sa["model"].items():
+        assert torch.equal(value, sb["model"][key]), f"[{key}] differs between {a} and {b}"
+    for i, (pa, pb) in enumerate(zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values())):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"]), f"[momentum {i}] differs"
+    assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"])
+    assert sa["scheduler"] == sb["scheduler"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    result = train_cli(tiny_data, out, "--epochs", "2")
+    assert f"checkpoint: {out / 'checkpoint.pth'}" in result.stdout
+    return out
+
+
+def test_uninterrupted_run_writes_checkpoint_and_metrics(uninterrupted):
+    lines = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert [r["step"] for r in lines] == [3, 6]
+    for r in lines:
+        assert 0 <= r["val_acc1"] <= r["val_acc5"] <= 1 and r["img_per_s"] > 0 and r["lr"] == 0.01
+    state = torch.load(uninterrupted / "checkpoint.pth", weights_only=True)
+    assert state["classes"] == ["arrow", "circle", "cross"] and state["args"]["batch_size"] == 4
+    assert isinstance(state["args"], dict) and state["rng"]["torch"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("stop_flags", [["--max-steps", "2"], ["--epochs", "1"]], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_is_bit_identical(tiny_data, uninterrupted, tmp_path, stop_flags):
+    train_cli(tiny_data, tmp_path, "--epochs", "2", *stop_flags)
+    stopped = checkpoint.load(tmp_path / "checkpoint.pth")
+    assert stopped["step"] in (2, 3) and stopped["epoch"] == (0 if stopped["step"] == 2 else 1)
+    result = train_cli(tiny_data, tmp_path, "--epochs", "2", "--resume", str(tmp_path / "checkpoint.pth"))
+    assert "resumed from" in result.stdout
+    assert_same_state(tmp_path / "checkpoint.pth", uninterrupted / "checkpoint.pth")
+
+
+def test_test_only_evaluates_a_checkpoint(tiny_data, uninterrupted):
+    args = get_args_parser().parse_args(["--data-path", str(tiny_data), "--resume",
+                                         str(uninterrupted / "checkpoint.pth"), "--test-only", "-b", "4"])
+    metrics = main(args)
+    last = json.loads((uninterrupted / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["acc1"] == pytest.approx(last["val_acc1"]) and metrics["loss"] == pytest.approx(last["val_loss"])
+
+
+def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    before = {"arch": checkpoint.ARCH, "model": {"w": torch.arange(5.0)}, "epoch": 1}
+    checkpoint.save(before, path)
+    # A process that dies (no exception handling, no cleanup) halfway through writing the next one.
+    crash = f"""
+import os, torch
+from alexnet import checkpoint
+def dying_save(obj, f):
+    f.write(b"PK\\x03\\x04 half a zip file")
+    f.flush()
+    os._exit(9)
+torch.save = dying_save
+checkpoint.save({{"arch": checkpoint.ARCH, "model": {{"w": torch.zeros(5)}}, "epoch": 2}}, {str(path)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", crash], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 9, result.stderr
+    after = checkpoint.load(path)
+    assert after["epoch"] == 1 and torch.equal(after["model"]["w"], before["model"]["w"])
+
+
+def test_failed_save_cleans_up_and_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    checkpoint.save({"arch": checkpoint.ARCH, "model": {}, "epoch": 1}, path)
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save({"arch": checkpoint.ARCH, "model": {}, "epoch": 2}, path)
+    assert checkpoint.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def run_main(*argv: str):
+    return main(get_args_parser().parse_args(list(argv)))
+
+
+def test_missing_data_path_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=f"data path {tmp_path / 'nope'} does not exist"):
+        run_main("--data-path", str(tmp_path / "nope"))
+
+
+def test_empty_folder_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'train'} does not exist or is not a folder"):
+        run_main("--data-path", str(tmp_path))
+
+
+def test_images_without_class_folders_are_named(tmp_path, tiny_data):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.JPEG").write_bytes((tiny_data / "train/arrow/arrow_0000.JPEG").read_bytes())
+    with pytest.raises(SystemExit, match="has no class folders"):
+        run_main("--data-path", str(tmp_path))
+
+
+def test_class_folder_without_images_is_named(tmp_path):
+    write_dataset(tmp_path, {"train": 1, "val": 1}, num_classes=2)
+    (tmp_path / "train" / "zebra").mkdir()
+    (tmp_path / "train" / "zebra" / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'train' / 'zebra'} holds no image files"):
+        run_main("--data-path", str(tmp_path))
+
+
+def test_val_class_unknown_to_train_is_named(tmp_path):
+    write_dataset(tmp_path, {"train": 1, "val": 1}, num_classes=2)
+    (tmp_path / "val" / "circle").rename(tmp_path / "val" / "zebra")
+    with pytest.raises(SystemExit, match="zebra is a class the train split does not have"):
+        run_main("--data-path", str(tmp_path))
+
+
+def test_unknown_kernels_name_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--kernels", "cudnn"])
+    assert "invalid choice: 'cudnn'" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_architecture_is_named(tmp_path, tiny_data):
+    other = AlexNet(num_classes=5)  # 5 classes where the data has 3
+    checkpoint.save({"arch": checkpoint.ARCH, "model": other.state_dict()}, tmp_path / "five.pth")
+    with pytest.raises(SystemExit, match=r"does not fit this model: fc8.weight: checkpoint \(5, 4096\) vs model \(3, 4096\)"):
+        run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "five.pth"), "--test-only")
+    # A bare state dict of some other network (e.g. torchvision's AlexNet layout).
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, tmp_path / "tv.pth")
+    with pytest.raises(SystemExit, match="is not an alexnet-2012 checkpoint"):
+        run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "tv.pth"), "--test-only")
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
+    with pytest.raises(SystemExit, match="junk.pth cannot be read"):
+        run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "junk.pth"), "--test-only")
+    with pytest.raises(SystemExit, match="missing.pth does not exist"):
+        run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "missing.pth"), "--test-only")
