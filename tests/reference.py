@@ -17,9 +17,28 @@ def lrn_paper_float64(a: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> 
     """
     a = a.double()
     channels = a.shape[1]
-    out = torch.empty_like(a)
+    out = []
     for i in range(channels):
         lo, hi = max(0, i - size // 2), min(channels - 1, i + (size - 1) // 2)
         sq = (a[:, lo:hi + 1] ** 2).sum(dim=1)
-        out[:, i] = a[:, i] / (k + alpha * sq) ** beta
-    return out
+        out.append(a[:, i] / (k + alpha * sq) ** beta)
+    return torch.stack(out, dim=1)  # stacked rather than written in place: autograd stays cheap
+
+
+def lrn_grad_float64(a: torch.Tensor, dy: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
+    """dL/da of `lrn_paper_float64` for dL/db = dy, by autograd in float64."""
+    a = a.detach().double().requires_grad_()
+    (grad,) = torch.autograd.grad(lrn_paper_float64(a, size, alpha, beta, k), a, dy.double())
+    return grad
+
+
+def max_pool2d_grad_fp32(x: torch.Tensor, dy: torch.Tensor, kernel_size=3, stride=2) -> torch.Tensor:
+    """F.max_pool2d's input gradient, summed in fp32 (returned in fp32, for the caller to round once).
+
+    The same elements get the same gradients (the max, and its ties, are exact in fp32); rounded
+    once to fp16/bf16 it is what PyTorch's CUDA kernel computes, while its CPU kernel rounds after
+    every add.
+    """
+    x = x.detach().float().requires_grad_()
+    (grad,) = torch.autograd.grad(max_pool2d(x, kernel_size, stride), x, dy.float())
+    return grad
