@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ["kernels.local_response_norm", "kernels.maxpool"]
+MODULES = ["kernels.local_response_norm", "kernels.maxpool", "kernels.conv_relu"]
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory per block, opt-in maximum
 
 

@@ -18,10 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def triton_kernels(module_name):
-    """Names of the @triton.jit functions a module defines (jitted or interpreted)."""
+    """Names of the kernels a module defines: @triton.jit functions named *_kernel (jitted or
+    interpreted, autotuned or not); the other jitted functions are helpers inlined into them."""
     module = importlib.import_module(module_name)
+    jitted = (triton.runtime.JITFunction, InterpretedFunction)
     return sorted(name for name, value in vars(module).items()
-                  if isinstance(value, (triton.runtime.JITFunction, InterpretedFunction)))
+                  if name.endswith("_kernel")
+                  and (isinstance(value, jitted) or isinstance(getattr(value, "fn", None), jitted)))
 
 
 def test_aot_compiles_every_kernel_without_spills():

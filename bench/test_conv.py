@@ -1,0 +1,121 @@
+"""Triton conv2d_relu against cuDNN at AlexNet's five convolutions: forward, dgrad and wgrad.
+
+    pytest bench/ --benchmark-only
+
+On a GPU: batch 128, fp32 (TF32 on both sides, cuDNN's default), fp16 and bf16, conv1's input NCHW
+(the images) and the others' channels_last (as the network hands them on). Each pass has a "triton"
+row (kernels.conv_relu's launchers) and a "torch" row, cuDNN: what autograd runs for the "torch"
+backend (F.conv2d + F.relu, then aten.convolution_backward for dx, or for dW and db), with
+cudnn.benchmark on. cuDNN's backward gets dy already masked by the ReLU (in x's layout), so autograd's
+separate mask pass is not timed; ours is fused in. extra_info has TFLOP/s, the compute floor and, on
+Triton rows, cuDNN's time taken the same way and pct_of_cudnn (100: as fast; above: faster).
+
+FLOPs of each pass = 2 * N * K * P * Q * (C / groups) * R * S; compute floor = FLOPs / dense tensor peak
+(H100 SXM and H200 alike: bf16/fp16 989 TFLOP/s, tf32 495, fp32 67); bytes_moved (bench.common) is
+each operand read once and each result written once.
+
+On the CPU it is a smoke test: batch 1, channels / 16, spatial size <= 15, fp32; the Triton rows run in
+the interpreter and are labelled so (their times are not speeds), and no cuDNN ratio is taken.
+"""
+
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.common import GPU_ROUNDS, GPU_WARMUP, measure
+from kernels.interpret import prepare
+
+prepare()  # with no GPU the interpreter must be on before kernels.conv_relu imports Triton
+from kernels import conv_relu  # noqa: E402
+from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if GPU else "cpu")
+BATCH = 128 if GPU else 1
+DTYPES = [torch.float32, torch.float16, torch.bfloat16] if GPU else [torch.float32]
+PEAK_TFLOPS = {"bf16/fp16": 989, "tf32": 495, "fp32": 67}  # H100 SXM and H200, dense
+FLOOR_GPUS = ("H100", "H200")
+
+
+@pytest.fixture(autouse=True)
+def cudnn_autotuned():
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=True):
+        yield
+
+
+def problem(name, dtype):
+    """x, w, b, geometry (stride, padding, groups) for one layer: AlexNet's on a GPU, shrunk on the CPU."""
+    (C, H, W), (K, CG, R, S), stride, padding, groups = ALEXNET_CONVS[name]
+    if not GPU:
+        K, CG, H, W = K // 16, max(CG // 16, 3), min(H, 15), min(W, 15)
+        C = CG * groups
+    layout = torch.contiguous_format if name == "conv1" else torch.channels_last
+    x = torch.randn(BATCH, C, H, W, device=DEVICE).to(dtype).contiguous(memory_format=layout)
+    w = (torch.randn(K, CG, R, S, device=DEVICE) / (CG * R * S) ** 0.5).to(dtype)
+    b = torch.randn(K, device=DEVICE).to(dtype)
+    return x, w, b, (stride, padding, groups)
+
+
+def passes(x, w, b, geometry):
+    """{pass: (triton fn, cudnn fn, bytes_moved)} for one layer."""
+    stride, padding, groups = geometry
+    y = conv_relu.conv2d_relu_fwd(x, w, b, *geometry)
+    dy = torch.randn_like(y)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    g = (dy * (y > 0)).contiguous(memory_format=layout)  # what cuDNN's backward is handed (ours masks dy itself)
+    size = x.element_size()
+    backward = lambda mask: torch.ops.aten.convolution_backward(
+        g, x, w, [w.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups, mask)
+    return {
+        "fwd": (lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
+                lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups)),
+                (x.numel() + w.numel() + b.numel() + y.numel()) * size),
+        "dgrad": (lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
+                  lambda: backward([True, False, False]),
+                  (2 * y.numel() + w.numel() + x.numel()) * size),
+        "wgrad": (lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry),
+                  lambda: backward([False, True, True]),
+                  (x.numel() + 2 * y.numel() + w.numel() + b.numel()) * size),
+    }, 2 * y.numel() * w[0].numel()
+
+
+def median_seconds(fn):
+    """fn's median wall time with a sync after each call: measure()'s method, for the cuDNN ratio."""
+    for _ in range(GPU_WARMUP):
+        fn()
+    torch.cuda.synchronize(DEVICE)
+    times = []
+    for _ in range(GPU_ROUNDS):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(DEVICE)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("which", ["fwd", "dgrad", "wgrad"])
+@pytest.mark.parametrize("layer", list(ALEXNET_CONVS))
+def test_conv(benchmark, layer, which, dtype, backend):
+    x, w, b, geometry = problem(layer, dtype)
+    runs, flops = passes(x, w, b, geometry)
+    triton_fn, cudnn_fn, bytes_moved = runs[which]
+    precision = "bf16/fp16" if dtype != torch.float32 else "tf32" if conv_relu.ALLOW_TF32 else "fp32"
+    floor = flops / (PEAK_TFLOPS[precision] * 1e12)
+    benchmark.group = f"{layer} {which} {str(dtype).removeprefix('torch.')}"
+    benchmark.extra_info.update(layer=layer, backend=backend, shape=list(x.shape), weight=list(w.shape),
+                                flops=flops, precision=precision, compute_floor_ms_H100_H200=floor * 1e3)
+    measure(benchmark, triton_fn if backend == "triton" else cudnn_fn, DEVICE, dtype, bytes_moved,
+            flops=flops, triton=backend == "triton")
+    if not GPU or benchmark.stats is None:
+        return
+    seconds = benchmark.stats.stats.median
+    if any(gpu in torch.cuda.get_device_name(DEVICE) for gpu in FLOOR_GPUS):
+        benchmark.extra_info["compute_floor_fraction"] = floor / seconds
+    if backend == "triton":
+        cudnn = median_seconds(cudnn_fn)
+        benchmark.extra_info.update(cudnn_ms=cudnn * 1e3, pct_of_cudnn=100 * cudnn / seconds)

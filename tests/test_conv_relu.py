@@ -1,0 +1,257 @@
+"""The Triton conv2d_relu (forward, dgrad, wgrad) against F.conv2d + F.relu in float64.
+
+With no GPU the kernels run in the interpreter (tests/conftest.py), whose cost is per Python-level
+step: AlexNet's five convolutions run at batch 1, except conv1's input gradient (16 stride phases of
+57x57 pixels, ~100 s here), which runs on a 67x67 image by default (the same 11x11 window and stride 4,
+every phase) and at full size under -m slow. The model never needs it: conv1's input is the images.
+"""
+
+import pytest
+import torch
+
+import kernels
+from kernels import conv_relu
+from kernels.conv_relu import ALEXNET_CONVS, TILES, conv2d_relu
+from tests.reference import conv2d_relu as reference
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# (name, dtype, tf32, atol, rtol) for |ours - float64 reference| <= atol * max|reference| + rtol * |reference|.
+# atol is relative to the tensor's largest value because y, dx, dW and db are sums of 10..10^4 products
+# and their scales differ by 100x. The reference runs on the same (rounded) inputs, so only our
+# arithmetic is measured:
+PRECISIONS = [
+    # exact fp32: fp32 accumulation of up to ~10^4 terms, ~sqrt(n) * 2^-24 ~ 1e-6 of the largest value
+    ("fp32", torch.float32, False, 1e-5, 1e-5),
+    # tf32 (on a GPU; the interpreter's tl.dot is exact): operands cut to 10-bit mantissas, <= 2^-10 each
+    ("tf32", torch.float32, True, 5e-3, 5e-3),
+    # fp16: exact products, fp32 accumulation, one rounding of the result: half an ulp is 2^-11 = 4.9e-4;
+    # atol (here and for bf16) covers fp32 accumulation error in elements that cancel to near 0
+    ("fp16", torch.float16, False, 1e-4, 1e-3),
+    # bf16: half an ulp (2^-8) on a GPU; a whole one (2^-7 = 7.8e-3) under the interpreter, whose
+    # fp32 -> bf16 cast truncates (triton/runtime/interpreter.py passes no rounding mode)
+    ("bf16", torch.bfloat16, False, 1e-4, 1e-2),
+]
+EXACT = PRECISIONS[0]
+
+# (N, C, H, W), (K, C/groups, R, S), stride, padding, groups, bias: strides 2-4, padding 0-3, groups 1-4,
+# 1x1 and non-square windows, sizes that divide no tile.
+ODD = {
+    "3x3": ((2, 4, 9, 9), (8, 4, 3, 3), 1, 1, 1, True),
+    "3x2/2 g2": ((2, 6, 11, 13), (6, 3, 3, 2), 2, (1, 0), 2, True),
+    "1x1/3 g4 no-bias": ((1, 4, 10, 10), (4, 1, 1, 1), 3, 2, 4, False),
+    "5x4/(2,3) g3 pad3": ((2, 6, 17, 15), (9, 2, 5, 4), (2, 3), 3, 3, True),
+    "7x7 = image": ((1, 8, 7, 7), (16, 8, 7, 7), 1, 3, 1, True),
+    "2x3/4 stride > window": ((3, 5, 8, 9), (10, 5, 2, 3), 4, (0, 1), 1, True),
+    "many pixels (wgrad splits)": ((3, 4, 24, 24), (8, 2, 3, 3), 1, 1, 2, True),
+}
+
+
+def make(x_shape, w_shape, bias, dtype, seed=0):
+    """x ~ N(0, 1), w ~ N(0, 1/fan_in) so outputs are O(1) and about half pass the ReLU, b ~ N(0, 0.5^2)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(x_shape, generator=generator).to(DEVICE, dtype)
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+    w = (torch.randn(w_shape, generator=generator) / fan_in ** 0.5).to(DEVICE, dtype)
+    b = (torch.randn(w_shape[0], generator=generator) * 0.5).to(DEVICE, dtype) if bias else None
+    return x, w, b
+
+
+def gradient_like(y, seed=1):
+    return torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
+
+
+def assert_close(name, got, want, atol, rtol):
+    torch.testing.assert_close(got.double(), want, atol=atol * want.abs().max().item(), rtol=rtol,
+                               msg=lambda message: f"[{name}] {message}")
+
+
+def reference_grads(x, w, y, dy, stride, padding, groups):
+    """(dx, dW, db) in float64 by torch's convolution gradients, the ReLU mask taken from OUR y: then a
+    pre-activation within rounding of 0 (likely in tf32) cannot flip the mask, and the check is of the
+    gradient kernels alone (y itself is checked against the reference forward)."""
+    g = dy.double() * (y > 0)
+    dx = torch.nn.grad.conv2d_input(x.shape, w.double(), g, stride, padding, 1, groups)
+    dw = torch.nn.grad.conv2d_weight(x.double(), w.shape, g, stride, padding, 1, groups)
+    return dx, dw, g.sum((0, 2, 3))
+
+
+def check(name, x, w, b, stride, padding, groups, precision=EXACT, dy_layout=None, input_grad=True):
+    """Forward and every gradient of conv2d_relu (through autograd) against float64 references."""
+    _, dtype, tf32, atol, rtol = precision
+    x = x.detach().requires_grad_(input_grad)
+    w = w.detach().requires_grad_()
+    b = b.detach().requires_grad_() if b is not None else None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv_relu, "ALLOW_TF32", tf32)
+        y = conv2d_relu(x, w, b, stride, padding, groups)
+        dy = gradient_like(y)
+        y.backward(dy_layout(dy) if dy_layout else dy)
+
+    y_want = reference(x.detach().double(), w.detach().double(), b.detach().double() if b is not None else None,
+                       stride, padding, groups)
+    dx_want, dw_want, db_want = reference_grads(x, w, y, dy, stride, padding, groups)
+    pairs = [("y", y, y_want), ("dW", w.grad, dw_want)]
+    pairs += [("dx", x.grad, dx_want)] if input_grad else []
+    pairs += [("db", b.grad, db_want)] if b is not None else []
+    for what, got, want in pairs:
+        assert got is not None and got.dtype == dtype, f"[{name}.{what}] missing or of the wrong dtype"
+        assert_close(f"{name}.{what}", got, want, atol, rtol)
+
+
+@pytest.mark.parametrize("name", list(ALEXNET_CONVS))
+def test_alexnet_shapes(name):
+    x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS[name]
+    x, w, b = make((1, *x_shape), w_shape, True, torch.float32)
+    # conv1's input gradient at full size is test_conv1_input_gradient_full_size's (slow).
+    check(name, x, w, b, stride, padding, groups, input_grad=name != "conv1")
+
+
+def test_conv1_input_gradient_on_a_smaller_image():
+    _, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    x, w, b = make((1, 3, 67, 67), w_shape, True, torch.float32)  # 15x15 outputs, all 16 stride phases
+    check("conv1 at 67x67", x, w, b, stride, padding, groups)
+
+
+@pytest.mark.slow
+def test_conv1_input_gradient_full_size():
+    x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    x, w, b = make((1, *x_shape), w_shape, True, torch.float32)
+    check("conv1", x, w, b, stride, padding, groups)
+
+
+@pytest.mark.parametrize("name", list(ODD))
+def test_odd_shapes(name):
+    x_shape, w_shape, stride, padding, groups, bias = ODD[name]
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    check(name, x, w, b, stride, padding, groups)
+
+
+PRECISION_SHAPES = {  # (N, C, H, W), (K, C/groups, R, S), stride, padding, groups, bias
+    "3x2/2 g2": ODD["3x2/2 g2"],
+    "5x4/(2,3) g3 pad3": ODD["5x4/(2,3) g3 pad3"],
+    "conv4 at 7x7": ((1, 384, 7, 7), ALEXNET_CONVS["conv4"][1], 1, 1, 2, True),  # its channels, 1/4 of the time
+}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS[1:], ids=[p[0] for p in PRECISIONS[1:]])
+@pytest.mark.parametrize("name", list(PRECISION_SHAPES))
+def test_precisions(name, precision):
+    x_shape, w_shape, stride, padding, groups, bias = PRECISION_SHAPES[name]
+    x, w, b = make(x_shape, w_shape, bias, precision[1])
+    check(f"{name}.{precision[0]}", x, w, b, stride, padding, groups, precision)
+
+
+def sliced(t):
+    """A non-contiguous view with t's values: every other element of a twice-as-wide tensor."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    wide[..., ::2] = t
+    return wide[..., ::2]
+
+
+def channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def transposed(t):
+    """H and W swapped in memory (strides (.., 1, H)), the values unchanged."""
+    return t.transpose(2, 3).contiguous().transpose(2, 3)
+
+
+LAYOUTS = {"channels_last": channels_last, "sliced": sliced, "transposed": transposed}
+
+
+@pytest.mark.parametrize("x_layout, w_layout, dy_layout", [
+    ("channels_last", None, "channels_last"), ("sliced", "channels_last", None),
+    (None, "sliced", "sliced"), ("transposed", "transposed", "transposed")])
+def test_layouts(x_layout, w_layout, dy_layout):
+    x_shape, w_shape, stride, padding, groups, bias = ODD["5x4/(2,3) g3 pad3"]
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    x, w = (LAYOUTS[layout](t) if layout else t for t, layout in ((x, x_layout), (w, w_layout)))
+    assert x_layout is None or not x.is_contiguous(), "the layout under test must not be the default"
+    check(f"layouts x={x_layout} w={w_layout} dy={dy_layout}", x, w, b, stride, padding, groups,
+          dy_layout=LAYOUTS[dy_layout] if dy_layout else None)
+
+
+def test_outputs_are_channels_last():
+    x, w, b = make(*ODD["3x3"][:2], True, torch.float32)
+    y = conv_relu.conv2d_relu_fwd(x, w, b, 1, 1)
+    dx = conv_relu.conv2d_relu_dgrad(torch.ones_like(y), y, w, x.shape, 1, 1)
+    for name, t in (("y", y), ("dx", dx)):
+        assert t.is_contiguous(memory_format=torch.channels_last), f"[{name}] strides {t.stride()}"
+
+
+@pytest.mark.parametrize("kernel", list(TILES))
+def test_every_tile(kernel):
+    """Each tile the autotuner can pick on a GPU (the interpreter runs one per shape) gives the same answer."""
+    x_shape, w_shape, *geometry, bias = ODD["3x2/2 g2"]
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    y = reference(x, w, b, *geometry).contiguous(memory_format=torch.channels_last)
+    dy = gradient_like(y)
+    dx, dw, db = reference_grads(x, w, y, dy, *geometry)
+    for tile in TILES[kernel]:
+        if kernel == "fwd":
+            out, grid, args, meta = conv_relu._fwd_plan(x, w, b, *geometry)
+            outs = {"y": (out, y.double())}
+        elif kernel == "dgrad":
+            out, grid, args, meta = conv_relu._dgrad_plan(dy, y, w, x.shape, *geometry)
+            outs = {"dx": (out, dx)}
+        else:
+            dw_out, db_out, grid, args, meta = conv_relu._wgrad_plan(dy, y, x, w.shape, *geometry, bias=True)
+            outs = {"dW": (dw_out, dw), "db": (db_out, db)}
+        getattr(conv_relu, f"_{kernel}_kernel").fn[grid](*args, **meta, **conv_relu._tile_meta(tile))
+        for what, (got, want) in outs.items():
+            assert_close(f"{kernel} tile {tile}.{what}", got, want, *EXACT[3:])
+
+
+def test_wgrad_splits_the_reduction(monkeypatch):
+    """The split-K path (several programs adding into dW) is exercised, and agrees."""
+    splits = []
+    original = conv_relu.wgrad_splits
+    monkeypatch.setattr(conv_relu, "wgrad_splits", lambda *args: splits.append(original(*args)) or splits[-1])
+    x_shape, w_shape, stride, padding, groups, bias = ODD["many pixels (wgrad splits)"]
+    check("many pixels", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
+    assert splits and max(splits) > 1, f"[wgrad] splits {splits}: the reduction was never split"
+
+
+def test_the_triton_backend_uses_it_and_shapes_are_alexnets():
+    assert kernels.backend("triton").conv2d_relu is conv2d_relu
+    from alexnet.model import AlexNet
+    with torch.device("meta"):
+        model = AlexNet()
+    for name, (x_shape, w_shape, stride, padding, groups) in ALEXNET_CONVS.items():
+        layer = getattr(model, name)
+        assert (tuple(layer.weight.shape), layer.stride, layer.padding, layer.groups) == \
+               (w_shape, (stride,) * 2, (padding,) * 2, groups), f"[{name}] ALEXNET_CONVS differs from the model"
+        assert layer.in_channels == x_shape[0], f"[{name}] input channels"
+
+
+def errors():
+    x, w, b = make((1, 4, 8, 8), (6, 2, 3, 3), True, torch.float32)
+    return [
+        ("x 3-D", (x[0], w, b, 1, 0, 2), ValueError, "x must be a 4-D tensor"),
+        ("weight 3-D", (x, w[0], b, 1, 0, 2), ValueError, "weight must be a 4-D tensor"),
+        ("integer x", (x.long(), w.long(), None, 1, 0, 2), TypeError, "x has dtype torch.int64"),
+        ("dtype mismatch", (x, w.half(), b, 1, 0, 2), TypeError, "weight has dtype torch.float16"),
+        ("groups do not divide C", (x, w, b, 1, 0, 3), ValueError, "divisible by groups=3"),
+        ("weight channels", (x, w, b, 1, 0, 1), ValueError, "expects 2 input channels with groups=1, but x has 4"),
+        ("output size 0", (x[..., :2, :2], w, b, 1, 0, 2), ValueError, "output size would be 0x0"),
+        ("bias shape", (x, w, b[:3], 1, 0, 2), ValueError, "bias must have shape"),
+        ("stride 0", (x, w, b, 0, 0, 2), ValueError, "stride must be >= 1"),
+        ("stride triple", (x, w, b, (1, 1, 1), 0, 2), TypeError, "stride must be an int or a pair"),
+        ("device mismatch", (x, w.to("meta"), b, 1, 0, 2), ValueError, f"weight is on meta but x is on {DEVICE}"),
+    ]
+
+
+@pytest.mark.parametrize("case", errors(), ids=lambda case: case[0])
+def test_clear_errors(case):
+    _, args, error, message = case
+    with pytest.raises(error, match=message):
+        conv2d_relu(*args)
+
+
+def test_cpu_tensor_without_the_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(conv_relu, "interpreting", lambda: False)
+    x, w, b = (t.cpu() for t in make((1, 4, 8, 8), (6, 2, 3, 3), True, torch.float32))
+    with pytest.raises(ValueError, match="x is on cpu; the Triton kernels need a CUDA tensor"):
+        conv2d_relu(x, w, b, 1, 0, 2)
