@@ -15,7 +15,6 @@ OUTPUT/checkpoint.pth; resuming from it gives bit for bit the run that never sto
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 

@@ -2,7 +2,6 @@
 bad input is named."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
