@@ -2,6 +2,7 @@
 
     python -m alexnet.train                                   # embedded dataset, ~10 min on 2 CPU cores
     python -m alexnet.train --kernels triton                  # the same network on the Triton kernels
+    python -m alexnet.train --device cuda --amp bf16          # mixed precision (fp16: --amp fp16)
     python -m alexnet.train --data-path /data/imagenet --epochs 90 --device cuda
     python -m alexnet.train --resume output/checkpoint.pth    # carry on where a run stopped
     python -m alexnet.train --resume output/checkpoint.pth --test-only
@@ -13,6 +14,7 @@ OUTPUT/checkpoint.pth; resuming from it gives bit for bit the run that never sto
 """
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -30,6 +32,7 @@ from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
 
 DEFAULT_EPOCHS = 6  # sized for the embedded dataset on a 2-core CPU; the paper ran ~90 on ImageNet
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,6 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "generated on first use)")
     p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS,
                    help="which implementation of conv+ReLU, LRN and max-pool to run (default: torch)")
+    p.add_argument("--amp", default="none", choices=("none", *AMP_DTYPES),
+                   help="mixed precision: autocast to bf16, or to fp16 with a gradient scaler (CUDA only); "
+                        "every backend's conv, LRN and pool run in that dtype (default: none)")
     p.add_argument("-b", "--batch-size", default=128, type=int, help="images per step (default: 128)")
     p.add_argument("--epochs", default=DEFAULT_EPOCHS, type=int, help=f"epochs in all (default: {DEFAULT_EPOCHS})")
     p.add_argument("--lr", default=0.01, type=float, help="initial learning rate (default: 0.01)")
@@ -80,6 +86,18 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def mixed_precision(amp: str, device: torch.device):
+    """(autocast context factory, GradScaler) for --amp; the scaler is a no-op unless fp16."""
+    if amp == "fp16" and device.type != "cuda":
+        raise SystemExit(f"error: --amp fp16 needs a CUDA device (got --device {device}); use --amp bf16 on the CPU")
+    if amp == "none":
+        autocast = contextlib.nullcontext
+    else:
+        def autocast():
+            return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+    return autocast, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
 def make_scheduler(optimizer, args):
     if args.lr_scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step_size, args.lr_gamma)
@@ -95,13 +113,14 @@ def accuracy(logits, target, topk=(1, 5)) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, desc="val") -> dict:
+def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext) -> dict:
     """Mean loss, top-1 and top-5 accuracy of `model` over `loader`."""
     model.eval()
     total = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0}
     n = 0
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        logits = model(images)
+        with autocast():
+            logits = model(images)
         acc1, acc5 = accuracy(logits, labels)
         b = len(labels)
         total["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -111,19 +130,22 @@ def evaluate(model, loader, desc="val") -> dict:
     return {k: v / n for k, v in total.items()}
 
 
-def train_one_epoch(model, optimizer, loader, epoch, on_step) -> dict:
+def train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler) -> dict:
     """One pass over `loader`; `on_step(step_in_epoch)` runs after every step and returns True to
-    stop early. Returns the epoch's mean loss, top-1 and images per second."""
+    stop early. The forward runs under `autocast()`; `scaler` (a GradScaler) scales the loss.
+    Returns the epoch's mean loss, top-1 and images per second."""
     model.train()
     loss_sum, acc_sum, n, start = 0.0, 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar, start=loader.start_batch + 1):
-        loss = F.cross_entropy(logits := model(images), labels)
+        with autocast():
+            loss = F.cross_entropy(logits := model(images), labels)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+        scaler.update()
         b = len(labels)
         loss_sum += loss.item() * b
         acc_sum += accuracy(logits, labels, topk=(1,))[0] * b
@@ -153,19 +175,20 @@ def set_rng_state(state: dict) -> None:
 def main(args) -> dict:
     """Train (or with --test-only, evaluate); returns the last validation metrics."""
     device = resolve_device(args.device)
+    autocast, scaler = mixed_precision(args.amp, device)
     torch.manual_seed(args.seed)
     try:
         root = Path(args.data_path) if args.data_path else ensure_embedded()
         classes, train_samples, val_samples = load_splits(root)
         model = AlexNet(num_classes=len(classes), kernels=args.kernels).to(device)
-    except (DatasetError, NotImplementedError) as e:
+    except DatasetError as e:
         raise SystemExit(f"error: {e}") from e
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = make_scheduler(optimizer, args)
     val_loader = DaliLoader(val_plan(val_samples), args.batch_size, device, args.workers)
     print(f"data: {root} ({len(classes)} classes, {len(train_samples)} train / {len(val_samples)} val images); "
-          f"kernels: {args.kernels}; device: {device}")
+          f"kernels: {args.kernels}; device: {device}; amp: {args.amp}")
 
     epoch, step_in_epoch, global_step = 0, 0, 0
     if args.resume:
@@ -180,12 +203,14 @@ def main(args) -> dict:
             raise SystemExit(f"error: {e}") from e
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty unless the run used --amp fp16
+            scaler.load_state_dict(state["scaler"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["step"]
         set_rng_state(state["rng"])
         print(f"resumed from {args.resume} at epoch {epoch}, step {step_in_epoch} of the epoch")
 
     if args.test_only:
-        metrics = evaluate(model, val_loader)
+        metrics = evaluate(model, val_loader, autocast=autocast)
         print(f"val: loss {metrics['loss']:.4f}  acc@1 {100 * metrics['acc1']:.2f}  acc@5 {100 * metrics['acc5']:.2f}")
         return metrics
 
@@ -195,8 +220,9 @@ def main(args) -> dict:
 
     def save(epoch_done: int, step: int):
         checkpoint.save({"arch": checkpoint.ARCH, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch_done, "step_in_epoch": step,
-                         "step": global_step, "rng": rng_state(), "args": vars(args), "classes": classes},
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_done,
+                         "step_in_epoch": step, "step": global_step, "rng": rng_state(), "args": vars(args),
+                         "classes": classes},
                         ckpt_path)
 
     val = None
@@ -218,10 +244,10 @@ def main(args) -> dict:
                 print(f"stopped after {global_step} steps, in epoch {epoch} at step {step}")
             return stopped
 
-        train = train_one_epoch(model, optimizer, loader, epoch, on_step)
+        train = train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler)
         if stopped:
             break
-        val = evaluate(model, val_loader)
+        val = evaluate(model, val_loader, autocast=autocast)
         lr = optimizer.param_groups[0]["lr"]
         if args.lr_scheduler == "plateau":
             scheduler.step(val["acc1"])

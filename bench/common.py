@@ -46,9 +46,10 @@ def hbm_floors_ms(bytes_moved: int) -> dict:
     return {gpu: bytes_moved / peak * 1e3 for gpu, (_, peak) in HBM_PEAK.items()}
 
 
-def measure(benchmark, fn, device: torch.device, dtype: torch.dtype, bytes_moved: int,
+def measure(benchmark, fn, device: torch.device, dtype: torch.dtype, bytes_moved: int | None,
             flops: int | None = None, triton: bool = False):
-    """Benchmark `fn()` and record bandwidth against the HBM floor in `benchmark.extra_info`.
+    """Benchmark `fn()` and record bandwidth against the HBM floor in `benchmark.extra_info`
+    (none when `bytes_moved` is None: a whole training step has no single byte count).
 
     Pass `triton=True` for a Triton kernel so that a CPU (interpreter) run is labelled as such."""
     info = benchmark.extra_info
@@ -66,6 +67,8 @@ def measure(benchmark, fn, device: torch.device, dtype: torch.dtype, bytes_moved
     if benchmark.stats is None:  # --benchmark-disable: ran once, timed nothing
         return result
     seconds = benchmark.stats.stats.median
+    if bytes_moved is None:
+        return result
     info["GBps"] = bytes_moved / seconds / 1e9
     peak = hbm_peak(device)
     if peak is not None:

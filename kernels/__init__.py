@@ -29,15 +29,13 @@ class Backend:
 
 
 # Backend name -> the module that builds it (each exposes `BACKEND`).
-_MODULES = {"triton": "kernels.triton_ops", "torch": "kernels.torch_ops"}
+_MODULES = {"triton": "kernels.triton_ops", "torch": "kernels.torch_ops", "compile": "kernels.compile_ops"}
 
 
 def backend(name: str) -> Backend:
     """The ops of backend `name` (one of BACKENDS)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown kernels backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name not in _MODULES:
-        raise NotImplementedError(f"the {name!r} kernels backend is not implemented yet; use kernels='torch'")
     if name == "triton":
         from kernels.interpret import prepare
         prepare()  # with no GPU, switch the interpreter on before Triton is imported

@@ -64,6 +64,6 @@ def test_wrong_input_size_is_a_clear_error():
         AlexNet(num_classes=10)(torch.randn(1, 3, 224, 224))
 
 
-def test_unknown_or_unbuilt_backend_is_a_clear_error():
+def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown kernels backend 'cudnn'"):
         AlexNet(kernels="cudnn")

@@ -1,0 +1,49 @@
+"""The whole training step (forward, backward, SGD with momentum and weight decay) per backend, in img/s.
+
+    pytest bench/test_train_step.py --benchmark-only
+
+On a GPU: batch 128, fp32 and bf16 autocast (`--amp bf16`'s path), backends torch (cuDNN), compile
+(torch.compile) and triton. On the CPU: batch 4, fp32, torch and compile side by side in one run
+(the group "train step none"), compile's graphs built in the warm-up round. Triton is left out on the
+CPU: interpreted, one AlexNet step takes minutes and its time is no speed (tests/test_convergence.py
+checks that it trains the same network). extra_info: img_per_s, batch, amp, the device and versions.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.model import AlexNet
+from alexnet.train import AMP_DTYPES, mixed_precision
+from bench.common import measure
+
+GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if GPU else "cpu")
+BATCH = 128 if GPU else 4
+BACKENDS = ["torch", "compile", "triton"] if GPU else ["torch", "compile"]
+AMPS = ["none", "bf16"] if GPU else ["none"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("amp", AMPS)
+def test_train_step(benchmark, amp, backend):
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=1000, kernels=backend).to(DEVICE).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    autocast, scaler = mixed_precision(amp, DEVICE)
+    images = torch.randn(BATCH, 3, 227, 227, device=DEVICE) * 50
+    labels = torch.randint(0, 1000, (BATCH,), device=DEVICE)
+
+    def step():
+        with autocast():
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    benchmark.group = f"train step {amp}"
+    benchmark.extra_info.update(backend=backend, batch=BATCH, amp=amp)
+    measure(benchmark, step, DEVICE, AMP_DTYPES.get(amp, torch.float32), None, triton=backend == "triton")
+    if benchmark.stats is not None:
+        benchmark.extra_info["img_per_s"] = BATCH / benchmark.stats.stats.median
