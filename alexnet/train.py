@@ -35,6 +35,22 @@ DEFAULT_EPOCHS = 6  # sized for the embedded dataset on a 2-core CPU; the paper 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _number(kind, low, strict=False):
+    """An argparse type: a `kind` (int or float) >= low (> low if strict), else an error naming the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of type {kind.__name__}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0), _number(float, 0, True), _number(float, 0)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m alexnet.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,28 +62,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="none", choices=("none", *AMP_DTYPES),
                    help="mixed precision: autocast to bf16, or to fp16 with a gradient scaler (CUDA only); "
                         "every backend's conv, LRN and pool run in that dtype (default: none)")
-    p.add_argument("-b", "--batch-size", default=128, type=int, help="images per step (default: 128)")
-    p.add_argument("--epochs", default=DEFAULT_EPOCHS, type=int, help=f"epochs in all (default: {DEFAULT_EPOCHS})")
-    p.add_argument("--lr", default=0.01, type=float, help="initial learning rate (default: 0.01)")
-    p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum (default: 0.9)")
-    p.add_argument("--wd", "--weight-decay", dest="weight_decay", default=5e-4, type=float,
+    p.add_argument("-b", "--batch-size", default=128, type=POSITIVE_INT, help="images per step (default: 128)")
+    p.add_argument("--epochs", default=DEFAULT_EPOCHS, type=POSITIVE_INT, help=f"epochs in all (default: {DEFAULT_EPOCHS})")
+    p.add_argument("--lr", default=0.01, type=POSITIVE, help="initial learning rate (default: 0.01)")
+    p.add_argument("--momentum", default=0.9, type=NON_NEGATIVE, help="SGD momentum (default: 0.9)")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", default=5e-4, type=NON_NEGATIVE,
                    help="weight decay (default: 5e-4)")
     p.add_argument("--lr-scheduler", default="plateau", choices=("plateau", "step"),
                    help="plateau: divide the lr when val top-1 stops improving (the paper); "
                         "step: divide it every --lr-step-size epochs (default: plateau)")
-    p.add_argument("--lr-gamma", default=0.1, type=float, help="factor the lr is multiplied by (default: 0.1)")
-    p.add_argument("--lr-patience", default=1, type=int,
+    p.add_argument("--lr-gamma", default=0.1, type=POSITIVE, help="factor the lr is multiplied by (default: 0.1)")
+    p.add_argument("--lr-patience", default=1, type=COUNT,
                    help="plateau: epochs without improvement before dividing (default: 1)")
-    p.add_argument("--lr-step-size", default=30, type=int, help="step: epochs between divisions (default: 30)")
-    p.add_argument("-j", "--workers", default=2, type=int, help="data-loading threads (default: 2)")
+    p.add_argument("--lr-step-size", default=30, type=POSITIVE_INT, help="step: epochs between divisions (default: 30)")
+    p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
     p.add_argument("--output-dir", default="output", help="where checkpoint.pth and metrics.jsonl go (default: output)")
     p.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --test-only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
     p.add_argument("--seed", default=0, type=int, help="seed for the weights, the data order and dropout (default: 0)")
     p.add_argument("--test-only", action="store_true", help="only evaluate (the --resume checkpoint) on val")
-    p.add_argument("--max-steps", default=0, type=int,
+    p.add_argument("--max-steps", default=0, type=COUNT,
                    help="stop after this many steps in all, saving a checkpoint (default: 0, no limit)")
-    p.add_argument("--checkpoint-every", default=0, type=int,
+    p.add_argument("--checkpoint-every", default=0, type=COUNT,
                    help="also save a checkpoint every N steps (default: 0, only at the end of each epoch)")
     return p
 
@@ -180,6 +196,9 @@ def main(args) -> dict:
     try:
         root = Path(args.data_path) if args.data_path else ensure_embedded()
         classes, train_samples, val_samples = load_splits(root)
+        if len(train_samples) < args.batch_size and not args.test_only:
+            raise DatasetError(f"{root / 'train'} has {len(train_samples)} images, fewer than one batch "
+                               f"(-b {args.batch_size})")
         model = AlexNet(num_classes=len(classes), kernels=args.kernels).to(device)
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from e

@@ -173,3 +173,32 @@ def test_checkpoint_of_another_architecture_is_named(tmp_path, tiny_data):
         run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "junk.pth"), "--test-only")
     with pytest.raises(SystemExit, match="missing.pth does not exist"):
         run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "missing.pth"), "--test-only")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("-b", "0", "argument -b/--batch-size: must be >= 1, got 0"),
+    ("--epochs", "-2", "argument --epochs: must be >= 1, got -2"),
+    ("--lr", "0", "argument --lr: must be > 0, got 0"),
+    ("--wd", "x", "argument --wd/--weight-decay: 'x' is not a number of type float"),
+    ("-j", "1.5", "argument -j/--workers: '1.5' is not a number of type int"),
+])
+def test_bad_numeric_flags_are_named(capsys, flag, value, message):
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_batch_larger_than_the_train_split_is_named(tiny_data):
+    with pytest.raises(SystemExit, match=r"has 12 images, fewer than one batch \(-b 64\)"):
+        run_main("--data-path", str(tiny_data), "-b", "64")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_a_gpu_is_named(tiny_data):
+    with pytest.raises(SystemExit, match="--device cuda asked for, but torch sees no CUDA device"):
+        run_main("--data-path", str(tiny_data), "--device", "cuda")
+
+
+def test_bad_device_name_is_named(tiny_data):
+    with pytest.raises(SystemExit, match="--device 'gpu0' is not a device"):
+        run_main("--data-path", str(tiny_data), "--device", "gpu0")
