@@ -33,6 +33,7 @@ from data.folder import DatasetError, load_splits
 
 DEFAULT_EPOCHS = 6  # sized for the embedded dataset on a 2-core CPU; the paper ran ~90 on ImageNet
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
 
 
 def _number(kind, low, strict=False):
@@ -214,19 +215,29 @@ def main(args) -> dict:
         try:
             state = checkpoint.load(args.resume)
             checkpoint.load_model_state(model, state, args.resume)
-            if state["classes"] != classes:
+            if state.get("classes", classes) != classes:
                 raise checkpoint.CheckpointError(
                     f"checkpoint {args.resume} was trained on other classes than {root} has "
                     f"({len(state['classes'])} vs {len(classes)})")
+            missing = [key for key in RESUME_KEYS if key not in state]
+            if missing and not args.test_only:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {args.resume} holds no training state ({', '.join(missing)} missing): "
+                    f"it can be evaluated with --test-only, not resumed")
         except checkpoint.CheckpointError as e:
             raise SystemExit(f"error: {e}") from e
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):  # empty unless the run used --amp fp16
-            scaler.load_state_dict(state["scaler"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["step"]
-        set_rng_state(state["rng"])
-        print(f"resumed from {args.resume} at epoch {epoch}, step {step_in_epoch} of the epoch")
+        if args.test_only:
+            print(f"evaluating {args.resume}")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):  # empty unless the run used --amp fp16
+                scaler.load_state_dict(state["scaler"])
+            epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["step"]
+            set_rng_state(state["rng"])
+            print(f"resumed from {args.resume} at epoch {epoch}, step {step_in_epoch} of the epoch")
+            if epoch >= args.epochs:
+                print(f"the checkpoint has finished all {args.epochs} epochs; raise --epochs to train on")
 
     if args.test_only:
         metrics = evaluate(model, val_loader, autocast=autocast)

@@ -202,3 +202,14 @@ def test_cuda_device_without_a_gpu_is_named(tiny_data):
 def test_bad_device_name_is_named(tiny_data):
     with pytest.raises(SystemExit, match="--device 'gpu0' is not a device"):
         run_main("--data-path", str(tiny_data), "--device", "gpu0")
+
+
+def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    checkpoint.save({"arch": checkpoint.ARCH, "model": AlexNet(num_classes=3).state_dict(),
+                     "classes": ["arrow", "circle", "cross"]}, tmp_path / "weights.pth")
+    metrics = run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "weights.pth"), "--test-only", "-b", "4")
+    assert 0 <= metrics["acc1"] <= metrics["acc5"] <= 1
+    with pytest.raises(SystemExit, match="holds no training state .*optimizer.* it can be evaluated with --test-only"):
+        run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "weights.pth"), "-b", "4",
+                 "--output-dir", str(tmp_path / "out"))
