@@ -18,10 +18,12 @@ from importlib.metadata import version
 
 import torch
 
+from bench.costs import GPUS
 from kernels.interpret import interpreting
 
 # GPU -> (substrings of torch.cuda.get_device_name() that name it, peak HBM bandwidth in bytes/s)
-HBM_PEAK = {"H100 SXM": (("H100 80GB HBM3", "H100 SXM"), 3.35e12), "H200": (("H200",), 4.8e12)}
+HBM_PEAK = {"H100 SXM": (("H100 80GB HBM3", "H100 SXM"), GPUS["h100"].bandwidth),
+            "H200": (("H200",), GPUS["h200"].bandwidth)}
 
 GPU_ROUNDS, GPU_WARMUP = 50, 5
 CPU_ROUNDS, CPU_WARMUP = 3, 1  # the CPU run is a smoke test (and interpreted Triton is no speed at all)

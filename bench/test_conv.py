@@ -10,9 +10,8 @@ cudnn.benchmark on. cuDNN's backward gets dy already masked by the ReLU (in x's 
 separate mask pass is not timed; ours is fused in. extra_info has TFLOP/s, the compute floor and, on
 Triton rows, cuDNN's time taken the same way and pct_of_cudnn (100: as fast; above: faster).
 
-FLOPs of each pass = 2 * N * K * P * Q * (C / groups) * R * S; compute floor = FLOPs / dense tensor peak
-(H100 SXM and H200 alike: bf16/fp16 989 TFLOP/s, tf32 495, fp32 67); bytes_moved (bench.common) is
-each operand read once and each result written once.
+FLOPs and bytes_moved of each pass (each operand read once, each result written once) come from
+bench.costs.conv_costs; compute floor = FLOPs / the H100's dense peak (bench.costs.GPUS; the H200's is the same).
 
 On the CPU it is a smoke test: batch 1, channels / 16, spatial size <= 15, fp32; the Triton rows run in
 the interpreter and are labelled so (their times are not speeds), and no cuDNN ratio is taken.
@@ -29,6 +28,7 @@ from bench.common import GPU_ROUNDS, GPU_WARMUP, measure
 from kernels.interpret import prepare
 
 prepare()  # with no GPU the interpreter must be on before kernels.conv_relu imports Triton
+from bench.costs import GPUS, conv_costs  # noqa: E402
 from kernels import conv_relu  # noqa: E402
 from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
 
@@ -36,7 +36,7 @@ GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 BATCH = 128 if GPU else 1
 DTYPES = [torch.float32, torch.float16, torch.bfloat16] if GPU else [torch.float32]
-PEAK_TFLOPS = {"bf16/fp16": 989, "tf32": 495, "fp32": 67}  # H100 SXM and H200, dense
+LOW_PRECISION = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 FLOOR_GPUS = ("H100", "H200")
 
 
@@ -60,26 +60,23 @@ def problem(name, dtype):
 
 
 def passes(x, w, b, geometry):
-    """{pass: (triton fn, cudnn fn, bytes_moved)} for one layer."""
+    """{pass: (triton fn, cudnn fn, (FLOPs, bytes_moved))} for one layer."""
     stride, padding, groups = geometry
     y = conv_relu.conv2d_relu_fwd(x, w, b, *geometry)
     dy = torch.randn_like(y)
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     g = (dy * (y > 0)).contiguous(memory_format=layout)  # what cuDNN's backward is handed (ours masks dy itself)
-    size = x.element_size()
     backward = lambda mask: torch.ops.aten.convolution_backward(
         g, x, w, [w.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups, mask)
+    costs = conv_costs(x.shape, w.shape, stride, padding, x.element_size())
     return {
         "fwd": (lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
-                lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups)),
-                (x.numel() + w.numel() + b.numel() + y.numel()) * size),
+                lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups)), costs["fwd"]),
         "dgrad": (lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
-                  lambda: backward([True, False, False]),
-                  (2 * y.numel() + w.numel() + x.numel()) * size),
+                  lambda: backward([True, False, False]), costs["dgrad"]),
         "wgrad": (lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry),
-                  lambda: backward([False, True, True]),
-                  (x.numel() + 2 * y.numel() + w.numel() + b.numel()) * size),
-    }, 2 * y.numel() * w[0].numel()
+                  lambda: backward([False, True, True]), costs["wgrad"]),
+    }
 
 
 def median_seconds(fn):
@@ -102,12 +99,12 @@ def median_seconds(fn):
 @pytest.mark.parametrize("layer", list(ALEXNET_CONVS))
 def test_conv(benchmark, layer, which, dtype, backend):
     x, w, b, geometry = problem(layer, dtype)
-    runs, flops = passes(x, w, b, geometry)
-    triton_fn, cudnn_fn, bytes_moved = runs[which]
-    precision = "bf16/fp16" if dtype != torch.float32 else "tf32" if conv_relu.ALLOW_TF32 else "fp32"
-    floor = flops / (PEAK_TFLOPS[precision] * 1e12)
+    triton_fn, cudnn_fn, (flops, bytes_moved) = passes(x, w, b, geometry)[which]
+    precision = LOW_PRECISION.get(dtype, "tf32" if conv_relu.ALLOW_TF32 else "fp32")
+    floor = flops / (GPUS["h100"].tflops[precision] * 1e12)
     benchmark.group = f"{layer} {which} {str(dtype).removeprefix('torch.')}"
-    benchmark.extra_info.update(layer=layer, backend=backend, shape=list(x.shape), weight=list(w.shape),
+    benchmark.extra_info.update(layer=layer, backend=backend, batch=BATCH, shape=list(x.shape), weight=list(w.shape),
+                                **{"pass": which},
                                 flops=flops, precision=precision, compute_floor_ms_H100_H200=floor * 1e3)
     measure(benchmark, triton_fn if backend == "triton" else cudnn_fn, DEVICE, dtype, bytes_moved,
             flops=flops, triton=backend == "triton")

@@ -7,14 +7,8 @@ On a GPU: batch 128, fp32/fp16/bf16, each op against its "torch" backend twin
 reached. On the CPU it is a smoke test: batch 1, spatial size cut to 15x15 and fp32 only, with
 the Triton rows labelled as interpreted (their times are not speeds).
 
-Bytes that must move (the floor), with E bytes per element:
-    LRN forward        read a, write b                                 2 * numel * E
-    LRN fwd+bwd        forward, then read a and dL/db, write dL/da      5 * numel * E
-    max-pool forward   read x, write y                                 (in + out) * E
-    max-pool fwd+bwd   forward, then read dL/dy, write dL/dx, and one
-                       byte per output to say where each max was
-                       (written forward, read backward)                2 * (in + out) * E + 2 * out
-extra_info["floor_ms_batch128"] gives these floors at batch 128 on each GPU in bench.common.HBM_PEAK,
+The bytes that must move (the floor) come from bench.costs (lrn_costs, pool_costs), the shapes from
+bench.roofline. extra_info["floor_ms_batch128"] gives these floors at batch 128 on each GPU in bench.common.HBM_PEAK,
 whatever machine ran the benchmark.
 """
 
@@ -23,36 +17,30 @@ import torch
 
 import kernels
 from bench.common import hbm_floors_ms, measure
+from bench.costs import lrn_costs, pool_costs
+from bench.roofline import LRN_POOL_SHAPES
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 BATCH = 128 if GPU else 1
 DTYPES = [torch.float32, torch.float16, torch.bfloat16] if GPU else [torch.float32]
-SHAPES = {"lrn1": (96, 55, 55), "lrn2": (256, 27, 27),  # per image, (C, H, W) of each op's input
-          "pool1": (96, 55, 55), "pool2": (256, 27, 27), "pool5": (256, 13, 13)}
 PAPER_LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
 
-def bytes_moved(layer: str, backward: bool, dtype: torch.dtype, batch: int) -> int:
-    """The floor's bytes (module docstring) for `layer` at `batch`."""
-    c, h, w = SHAPES[layer]
-    size = torch.finfo(dtype).bits // 8
-    numel = batch * c * h * w
-    if layer.startswith("lrn"):
-        return (5 if backward else 2) * numel * size
-    out = batch * c * ((h - 3) // 2 + 1) * ((w - 3) // 2 + 1)
-    return 2 * (numel + out) * size + 2 * out if backward else (numel + out) * size
+def bytes_moved(layer: str, backward: bool, dtype: torch.dtype, shape: tuple) -> int:
+    costs = (lrn_costs if layer.startswith("lrn") else pool_costs)(shape, torch.finfo(dtype).bits // 8)
+    return costs["fwd+bwd" if backward else "fwd"][1]
 
 
 def shape(layer: str) -> tuple:
-    c, h, w = SHAPES[layer]
+    c, h, w = LRN_POOL_SHAPES[layer]
     return (BATCH, c, h, w) if GPU else (BATCH, c, min(h, 15), min(w, 15))
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("layer", list(SHAPES))
+@pytest.mark.parametrize("layer", list(LRN_POOL_SHAPES))
 def test_lrn_pool(benchmark, layer, backward, dtype, backend):
     ops = kernels.backend(backend)
     op = (lambda t: ops.lrn(t, **PAPER_LRN)) if layer.startswith("lrn") else (lambda t: ops.max_pool2d(t, 3, 2))
@@ -69,6 +57,8 @@ def test_lrn_pool(benchmark, layer, backward, dtype, backend):
 
     benchmark.group = f"{layer} {'fwd+bwd' if backward else 'fwd'} {str(dtype).removeprefix('torch.')}"
     benchmark.extra_info.update(
-        layer=layer, shape=list(x.shape), backward=backward, backend=backend,
-        floor_ms_batch128=hbm_floors_ms(bytes_moved(layer, backward, dtype, 128)))
-    measure(benchmark, step, DEVICE, dtype, bytes_moved(layer, backward, dtype, x.shape[0]), triton=backend == "triton")
+        layer=layer, shape=list(x.shape), batch=BATCH, backward=backward, backend=backend,
+        floor_ms_batch128=hbm_floors_ms(bytes_moved(layer, backward, dtype, (128, *LRN_POOL_SHAPES[layer]))),
+        **{"pass": "fwd+bwd" if backward else "fwd"})
+    measure(benchmark, step, DEVICE, dtype, bytes_moved(layer, backward, dtype, tuple(x.shape)),
+            triton=backend == "triton")

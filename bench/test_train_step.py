@@ -6,7 +6,8 @@ On a GPU: batch 128, fp32 and bf16 autocast (`--amp bf16`'s path), backends torc
 (torch.compile) and triton. On the CPU: batch 4, fp32, torch and compile side by side in one run
 (the group "train step none"), compile's graphs built in the warm-up round. Triton is left out on the
 CPU: interpreted, one AlexNet step takes minutes and its time is no speed (tests/test_convergence.py
-checks that it trains the same network). extra_info: img_per_s, batch, amp, the device and versions.
+checks that it trains the same network). extra_info: img_per_s, batch, amp, the device and versions, and
+layer "train step", pass "step" (bench.roofline's row).
 """
 
 import pytest
@@ -43,7 +44,7 @@ def test_train_step(benchmark, amp, backend):
         scaler.update()
 
     benchmark.group = f"train step {amp}"
-    benchmark.extra_info.update(backend=backend, batch=BATCH, amp=amp)
+    benchmark.extra_info.update(backend=backend, batch=BATCH, amp=amp, layer="train step", **{"pass": "step"})
     measure(benchmark, step, DEVICE, AMP_DTYPES.get(amp, torch.float32), None, triton=backend == "triton")
     if benchmark.stats is not None:
         benchmark.extra_info["img_per_s"] = BATCH / benchmark.stats.stats.median

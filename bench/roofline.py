@@ -1,0 +1,170 @@
+"""The roofline of AlexNet's training step: for every layer and pass, its FLOPs, the fewest bytes it must move,
+and the time neither could be beaten in on a given GPU; with a pytest-benchmark JSON, the measured times too.
+
+    python -m bench.roofline --gpu {h100,h200,a100} [--batch 128] [--dtype {fp32,tf32,bf16,fp16}] [--json BENCH.json]
+
+compute floor = FLOPs / peak FLOP/s, memory floor = bytes / peak bandwidth, floor = the larger (bench.costs
+has the formulas and the vendor peaks). The "train step" row is every pass a training step runs (conv1's dgrad
+aside: nothing needs the images' gradient), plus the SGD update; its floor is the sum of theirs, as they run
+one after another. The usual "3x forward" count (~4.35 GFLOP/img) includes conv1's dgrad; this step does not.
+
+With --json (`pytest bench/ --benchmark-only --benchmark-json BENCH.json`) each benchmark at the chosen dtype
+is matched to its row by the `layer` and `pass` in its extra_info, and the table gets, per backend, the median
+time and floor / time (1.0 is the roofline). That fraction means something only for a GPU run at the same
+batch: a CPU run's shapes are shrunk, so it reads "n/a (CPU)", and interpreted Triton times are marked so.
+"""
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+
+from bench.costs import ELEMENT_BYTES, GPUS, Gpu, conv_costs, linear_costs, lrn_costs, pool_costs, sgd_costs
+from kernels.interpret import prepare
+
+with warnings.catch_warnings():  # the roofline runs no kernel: prepare()'s "interpreter is slow" is noise here
+    warnings.simplefilter("ignore")
+    prepare()  # kernels.conv_relu imports Triton: with no GPU the interpreter must be on first
+from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
+
+LRN_POOL_SHAPES = {"lrn1": (96, 55, 55), "pool1": (96, 55, 55), "lrn2": (256, 27, 27),  # per image, (C, H, W)
+                   "pool2": (256, 27, 27), "pool5": (256, 13, 13)}                      # of each op's input
+LINEARS = {"fc6": (256 * 6 * 6, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}  # (fan_in, fan_out)
+NETWORK_ORDER = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4", "conv5", "pool5",
+                 "fc6", "fc7", "fc8"]
+TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # as benchmarks record it
+STEP = ("train step", "step")
+
+
+@dataclass(frozen=True)
+class Row:
+    layer: str
+    pass_: str
+    flops: int
+    bytes: int
+
+    def compute_ms(self, gpu: Gpu, precision: str) -> float:
+        return self.flops / (gpu.tflops[precision] * 1e12) * 1e3
+
+    def memory_ms(self, gpu: Gpu) -> float:
+        return self.bytes / gpu.bandwidth * 1e3
+
+    def floor_ms(self, gpu: Gpu, precision: str) -> float:
+        return max(self.compute_ms(gpu, precision), self.memory_ms(gpu))
+
+
+def parameter_count() -> int:
+    convs = sum(k * c * r * s + k for _, (k, c, r, s), *_ in ALEXNET_CONVS.values())
+    return convs + sum(fan_in * fan_out + fan_out for fan_in, fan_out in LINEARS.values())
+
+
+def layer_rows(batch: int, precision: str) -> list[Row]:
+    """One row per pass of every layer, in network order."""
+    size = ELEMENT_BYTES[precision]
+    rows = []
+    for layer in NETWORK_ORDER:
+        if layer in ALEXNET_CONVS:
+            x_shape, w_shape, stride, padding, _ = ALEXNET_CONVS[layer]
+            costs = conv_costs((batch, *x_shape), w_shape, stride, padding, size)
+        elif layer in LINEARS:
+            costs = linear_costs(batch, *LINEARS[layer], size)
+        else:
+            shape = (batch, *LRN_POOL_SHAPES[layer])
+            costs = (lrn_costs if layer.startswith("lrn") else pool_costs)(shape, size)
+        rows += [Row(layer, pass_, flops, nbytes) for pass_, (flops, nbytes) in costs.items()]
+    return rows
+
+
+def step_rows(rows: list[Row]) -> list[Row]:
+    """The passes a training step runs: LRN's and pool's fwd+bwd (not their fwd alone again), every conv and
+    linear pass but conv1's dgrad (nothing needs the images' gradient), then the SGD update."""
+    ran = [row for row in rows if (row.layer, row.pass_) != ("conv1", "dgrad")
+           and not (row.layer in LRN_POOL_SHAPES and row.pass_ == "fwd")]
+    sgd = [Row("sgd", pass_, flops, nbytes) for pass_, (flops, nbytes) in sgd_costs(parameter_count()).items()]
+    return ran + sgd
+
+
+def load_measurements(path: str, dtype: str) -> dict:
+    """{(layer, pass): {backend: benchmark's extra_info plus "ms", its median}} for the benchmarks at `dtype`."""
+    with open(path) as f:
+        benchmarks = json.load(f)["benchmarks"]
+    wanted = TORCH_DTYPES[dtype]
+    measured = {}
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        if info.get("dtype") == wanted and "layer" in info and "pass" in info:
+            measured.setdefault((info["layer"], info["pass"]), {})[info["backend"]] = {
+                **info, "ms": bench["stats"]["median"] * 1e3}
+    if not measured:
+        found = sorted({b["extra_info"].get("dtype") for b in benchmarks} - {None})
+        sys.exit(f"{path}: no benchmark at {dtype} ({wanted}); it holds {', '.join(found) or 'none'}")
+    return measured
+
+
+def time_cell(m: dict) -> str:
+    interpreted = m["backend"] == "triton" and m.get("triton_interpreted")
+    return f"{m['ms']:.4g}" + (" interpreted" if interpreted else "")
+
+
+def fraction_cell(m: dict, floor_ms: float, batch: int) -> str:
+    if m["device"] == "cpu":
+        return "n/a (CPU)"
+    if m.get("batch") != batch:
+        return f"n/a (batch {m.get('batch')})"
+    return f"{floor_ms / m['ms']:.2f}"
+
+
+def floors_ms(gpu: Gpu, precision: str, batch: int) -> dict:
+    """{(layer, pass): floor in ms} for every row, the train step's (the sum of its passes') included."""
+    rows = layer_rows(batch, precision)
+    floors = {(row.layer, row.pass_): row.floor_ms(gpu, precision) for row in rows}
+    floors[STEP] = sum(row.floor_ms(gpu, precision) for row in step_rows(rows))
+    return floors
+
+
+def table(gpu: Gpu, precision: str, batch: int, measured: dict | None = None) -> list[list[str]]:
+    """The report's rows of cells, header first."""
+    rows = layer_rows(batch, precision)
+    step = step_rows(rows)
+    floors = floors_ms(gpu, precision, batch)
+    backends = sorted({b for by_backend in (measured or {}).values() for b in by_backend})
+    header = ["layer", "pass", "GFLOP", "MB", "compute ms", "memory ms", "floor ms", "bound"]
+    header += [cell for b in backends for cell in (f"{b} ms", f"{b} floor/time")]
+    cells = [header]
+    for row in rows + [Row(*STEP, sum(r.flops for r in step), sum(r.bytes for r in step))]:
+        is_step, floor = (row.layer, row.pass_) == STEP, floors[row.layer, row.pass_]
+        compute, memory = row.compute_ms(gpu, precision), row.memory_ms(gpu)
+        line = [row.layer, row.pass_, f"{row.flops / 1e9:.2f}", f"{row.bytes / 1e6:.1f}", f"{compute:.4f}",
+                f"{memory:.4f}", f"{floor:.4f}", "sum" if is_step else "compute" if compute > memory else "memory"]
+        for backend in backends:
+            m = (measured or {}).get((row.layer, row.pass_), {}).get(backend)
+            line += [time_cell(m), fraction_cell(m, floor, batch)] if m else ["", ""]
+        cells.append(line)
+    return cells
+
+
+def render(cells: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", choices=list(GPUS), required=True)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dtype", choices=list(ELEMENT_BYTES), default="bf16")
+    parser.add_argument("--json", metavar="BENCH.json", help="a pytest-benchmark JSON to compare with the floors")
+    args = parser.parse_args(argv)
+    gpu = GPUS[args.gpu]
+    measured = load_measurements(args.json, args.dtype) if args.json else None
+    print(f"Floors on an {gpu.name}, batch {args.batch}, {args.dtype}, from vendor peaks "
+          f"({gpu.tflops[args.dtype]:g} TFLOP/s, {gpu.bandwidth / 1e12:g} TB/s): lower bounds, not measurements.")
+    if measured:
+        devices = sorted({m["device"] for by_backend in measured.values() for m in by_backend.values()})
+        print(f"Measured ({args.json}, median ms) on: {', '.join(devices)}")
+    print(render(table(gpu, args.dtype, args.batch, measured)))
+
+
+if __name__ == "__main__":
+    main()
