@@ -12,6 +12,12 @@ The two towers are the grouped convolutions (groups=2): each half of a layer's k
 only the half of the previous layer's maps on its own GPU. Convolutions, LRN and pooling go
 through `kernels.backend(kernels)`, so the same weights run on cuDNN, Triton or torch.compile.
 60,965,224 parameters with 1000 classes.
+
+The paper's ablations are switches, all on by default: `lrn=False` drops both LRN layers,
+`overlap=False` pools 2x2 with stride 2 (the maps stay 27, 13 and 6 a side), `groups=False` makes
+conv2, conv4 and conv5 one tower (groups=1, same widths, so more parameters: not the paper's
+half-size one-GPU net), `dropout=0` turns dropout off. `model.options` records them, and
+checkpoints store it so a variant is rebuilt as it was trained.
 """
 
 import torch
@@ -23,19 +29,25 @@ from kernels import backend
 INPUT_SIZE = 227
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)  # the paper's constants, in its convention
 POOL = dict(kernel_size=3, stride=2)  # overlapping pooling
+POOL_NO_OVERLAP = dict(kernel_size=2, stride=2)  # the ablation: windows that do not overlap
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # the paper's biases of 1 (the rest are 0)
+PAPER_OPTIONS = dict(dropout=0.5, lrn=True, overlap=True, groups=True)  # the defaults; checkpoints without options
 
 
 class AlexNet(nn.Module):
-    def __init__(self, num_classes: int = 1000, kernels: str = "torch", dropout: float = 0.5):
+    def __init__(self, num_classes: int = 1000, kernels: str = "torch", dropout: float = 0.5,
+                 lrn: bool = True, overlap: bool = True, groups: bool = True):
         super().__init__()
         self.kernels = kernels
         self.ops = backend(kernels)
+        self.options = dict(dropout=dropout, lrn=lrn, overlap=overlap, groups=groups)  # what checkpoints record
+        self.pool = POOL if overlap else POOL_NO_OVERLAP
+        towers = 2 if groups else 1
         self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
-        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=2)
+        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=towers)
         self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
-        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=2)
-        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=2)
+        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=towers)
+        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=towers)
         self.fc6 = nn.Linear(256 * 6 * 6, 4096)
         self.fc7 = nn.Linear(4096, 4096)
         self.fc8 = nn.Linear(4096, num_classes)
@@ -65,14 +77,15 @@ class AlexNet(nn.Module):
             return t
 
         ops = self.ops
+        norm = (lambda t: ops.lrn(t, **LRN)) if self.options["lrn"] else (lambda t: t)
         x = stage("conv1", self._conv(self.conv1, x))
-        x = stage("pool1", ops.max_pool2d(ops.lrn(x, **LRN), **POOL))
+        x = stage("pool1", ops.max_pool2d(norm(x), **self.pool))
         x = stage("conv2", self._conv(self.conv2, x))
-        x = stage("pool2", ops.max_pool2d(ops.lrn(x, **LRN), **POOL))
+        x = stage("pool2", ops.max_pool2d(norm(x), **self.pool))
         x = stage("conv3", self._conv(self.conv3, x))
         x = stage("conv4", self._conv(self.conv4, x))
         x = stage("conv5", self._conv(self.conv5, x))
-        x = stage("pool5", ops.max_pool2d(x, **POOL))
+        x = stage("pool5", ops.max_pool2d(x, **self.pool))
         x = stage("fc6", F.relu(self.fc6(self.dropout(torch.flatten(x, 1)))))
         x = stage("fc7", F.relu(self.fc7(self.dropout(x))))
         return stage("fc8", self.fc8(x))

@@ -4,8 +4,12 @@
     python -m alexnet.train --kernels triton                  # the same network on the Triton kernels
     python -m alexnet.train --device cuda --amp bf16          # mixed precision (fp16: --amp fp16)
     python -m alexnet.train --data-path /data/imagenet --epochs 90 --device cuda
+    python -m alexnet.train --data-path /data/imagenet --exclude-list bad_files.txt  # from python -m data.check
+    python -m alexnet.train --data-loader pil                 # PIL + DataLoader instead of DALI
     python -m alexnet.train --resume output/checkpoint.pth    # carry on where a run stopped
     python -m alexnet.train --resume output/checkpoint.pth --test-only
+    torchrun --nproc-per-node 2 -m alexnet.train --towers 2   # the paper's two towers, one GPU each
+    torchrun --nproc-per-node 8 -m alexnet.train --towers 2   # 4 data-parallel replicas x 2 towers (-b per replica)
 
 The optimiser defaults are the paper's: SGD, batch 128, momentum 0.9, weight decay 5e-4, learning
 rate 0.01 divided by 10 whenever validation top-1 stops improving (`--lr-scheduler step` for a
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -25,14 +30,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import kernels
-from alexnet import checkpoint
-from alexnet.model import AlexNet
+from alexnet import checkpoint, distributed
+from alexnet.fastest import fastest_kernels
+from alexnet.model import PAPER_OPTIONS, AlexNet
 from data.dali import DaliLoader, train_plan, val_plan
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
+from data.pil import PilLoader
 
 DEFAULT_EPOCHS = 6  # sized for the embedded dataset on a 2-core CPU; the paper ran ~90 on ImageNet
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOADERS = {"dali": DaliLoader, "pil": PilLoader}  # --data-loader: same plans, same outputs
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
 
 
@@ -58,8 +66,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", default=None,
                    help="folder with train/<class>/* and val/<class>/* (default: the embedded dataset, "
                         "generated on first use)")
-    p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS,
-                   help="which implementation of conv+ReLU, LRN and max-pool to run (default: torch)")
+    env_kernels = os.environ.get("ALEXNET_KERNELS")
+    if env_kernels and env_kernels not in kernels.BACKENDS:
+        raise SystemExit(f"error: $ALEXNET_KERNELS is {env_kernels!r}; choose one of {', '.join(kernels.BACKENDS)}")
+    p.add_argument("--kernels", default=env_kernels, choices=kernels.BACKENDS,
+                   help="which implementation of conv+ReLU, LRN and max-pool to run (default: $ALEXNET_KERNELS "
+                        "if set; else when resuming, the checkpoint's; torch on a GPU; on a CPU the faster of "
+                        "torch and compile, measured once per machine)")
     p.add_argument("--amp", default="none", choices=("none", *AMP_DTYPES),
                    help="mixed precision: autocast to bf16, or to fp16 with a gradient scaler (CUDA only); "
                         "every backend's conv, LRN and pool run in that dtype (default: none)")
@@ -81,12 +94,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --test-only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
     p.add_argument("--seed", default=0, type=int, help="seed for the weights, the data order and dropout (default: 0)")
+    p.add_argument("--towers", default=1, type=int, choices=(1, 2),
+                   help="2: the paper's two-tower split, one tower per process and device, launched with "
+                        "torchrun --nproc-per-node 2 (x replicas for data parallelism too) (default: 1)")
+    p.add_argument("--dist-timeout", default=300, type=POSITIVE,
+                   help="under torchrun, stop with an error when another rank has not answered for this many "
+                        "seconds (default: 300)")
     p.add_argument("--test-only", action="store_true", help="only evaluate (the --resume checkpoint) on val")
     p.add_argument("--max-steps", default=0, type=COUNT,
                    help="stop after this many steps in all, saving a checkpoint (default: 0, no limit)")
     p.add_argument("--checkpoint-every", default=0, type=COUNT,
                    help="also save a checkpoint every N steps (default: 0, only at the end of each epoch)")
+    p.add_argument("--data-loader", default="dali", choices=tuple(LOADERS),
+                   help="dali: the DALI pipeline (decodes on the GPU when training on one); pil: PIL and a "
+                        "torch DataLoader, same samples and augmentation (default: dali)")
+    p.add_argument("--lighting-std", default=0.1, type=NON_NEGATIVE,
+                   help="std of the paper's PCA lighting noise per eigenvector (default: 0.1; 0 turns it off)")
+    p.add_argument("--exclude-list", default=None,
+                   help="leave out the files this list names (written by python -m data.check ROOT)")
+    ablation = p.add_argument_group("ablations", "switch off one of the paper's ideas (python -m alexnet.ablate runs them all)")
+    ablation.add_argument("--no-lrn", action="store_true", help="no local response normalisation")
+    ablation.add_argument("--no-overlap", action="store_true", help="non-overlapping 2x2 max-pooling, stride 2")
+    ablation.add_argument("--no-groups", action="store_true",
+                          help="one tower: conv2, conv4, conv5 without groups (same widths)")
+    ablation.add_argument("--no-dropout", action="store_true", help="no dropout before fc6 and fc7")
     return p
+
+
+def model_options(args) -> dict:
+    """AlexNet's keyword arguments for the ablation flags (all off: the paper's network)."""
+    return dict(dropout=0.0 if args.no_dropout else 0.5, lrn=not args.no_lrn, overlap=not args.no_overlap,
+                groups=not args.no_groups)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -115,6 +153,20 @@ def mixed_precision(amp: str, device: torch.device):
     return autocast, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
+def default_kernels(args, device, num_classes, layout, autocast) -> tuple[str, str]:
+    """The backend to run when --kernels is not given, and why."""
+    if args.resume:
+        try:
+            return checkpoint.load(args.resume)["args"]["kernels"], f"as {args.resume} was trained"
+        except (checkpoint.CheckpointError, KeyError, TypeError):
+            pass  # the resume code below names a bad checkpoint
+    if device.type == "cuda":
+        return "torch", "the default on a GPU (cuDNN)"
+    if layout.world_size > 1:
+        return "torch", "the default when several processes share the CPU"
+    return fastest_kernels(num_classes, args.batch_size, args.amp, autocast)
+
+
 def make_scheduler(optimizer, args):
     if args.lr_scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step_size, args.lr_gamma)
@@ -130,8 +182,9 @@ def accuracy(logits, target, topk=(1, 5)) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext) -> dict:
-    """Mean loss, top-1 and top-5 accuracy of `model` over `loader`."""
+def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext, reduce=None) -> dict:
+    """Mean loss, top-1 and top-5 accuracy of `model` over `loader`. `reduce`, given, sums the
+    (loss, top-1 hits, top-5 hits, samples) totals over the data-parallel ranks' shards."""
     model.eval()
     total = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0}
     n = 0
@@ -141,10 +194,12 @@ def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext) -> dict
         acc1, acc5 = accuracy(logits, labels)
         b = len(labels)
         total["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
-        total["acc1"] += acc1 * b
-        total["acc5"] += acc5 * b
+        total["acc1"] += round(acc1 * b)  # counts of hits, exact when summed over ranks
+        total["acc5"] += round(acc5 * b)
         n += b
-    return {k: v / n for k, v in total.items()}
+    totals = torch.tensor([*total.values(), n], dtype=torch.float64)
+    *sums, n = (reduce(totals) if reduce else totals).tolist()
+    return {k: v / n for k, v in zip(total, sums)}
 
 
 def train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler) -> dict:
@@ -189,24 +244,40 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def tensorboard_writer(out: Path):
+    """A SummaryWriter on OUTPUT/tensorboard when TensorBoard is installed (the optional extra), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
 def main(args) -> dict:
     """Train (or with --test-only, evaluate); returns the last validation metrics."""
-    device = resolve_device(args.device)
+    layout = distributed.setup(args.towers, resolve_device(args.device), args.dist_timeout)  # torchrun's ranks
+    device = layout.device
     autocast, scaler = mixed_precision(args.amp, device)
     torch.manual_seed(args.seed)
     try:
         root = Path(args.data_path) if args.data_path else ensure_embedded()
-        classes, train_samples, val_samples = load_splits(root)
-        if len(train_samples) < args.batch_size and not args.test_only:
+        classes, train_samples, val_samples = load_splits(root, args.exclude_list)
+        if len(train_samples) < args.batch_size * layout.replicas and not args.test_only:
             raise DatasetError(f"{root / 'train'} has {len(train_samples)} images, fewer than one batch "
-                               f"(-b {args.batch_size})")
-        model = AlexNet(num_classes=len(classes), kernels=args.kernels).to(device)
+                               f"(-b {args.batch_size})" + (f" for each of {layout.replicas} data-parallel replicas"
+                                                            if layout.replicas > 1 else ""))
+        if args.kernels is None:
+            args.kernels, why = default_kernels(args, device, len(classes), layout, autocast)
+            print(f"kernels: {args.kernels}, {why} (--kernels to choose)")
+        model = AlexNet(num_classes=len(classes), kernels=args.kernels, **model_options(args)).to(device)
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from e
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+    net = layout.wrap(model, args.seed)  # `model`, or under torchrun this rank's tower and/or DDP replica of it
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = make_scheduler(optimizer, args)
-    val_loader = DaliLoader(val_plan(val_samples), args.batch_size, device, args.workers)
+    val_loader = LOADERS[args.data_loader](val_plan(val_samples, **layout.shard()), args.batch_size, device,
+                                           args.workers)
     print(f"data: {root} ({len(classes)} classes, {len(train_samples)} train / {len(val_samples)} val images); "
           f"kernels: {args.kernels}; device: {device}; amp: {args.amp}")
 
@@ -214,7 +285,13 @@ def main(args) -> dict:
     if args.resume:
         try:
             state = checkpoint.load(args.resume)
+            trained = {**PAPER_OPTIONS, **state.get("model_options", {})}
+            if trained != model.options:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {args.resume} is the variant {trained}, this run builds {model.options}: "
+                    f"give the ablation flags it was trained with")
             checkpoint.load_model_state(model, state, args.resume)
+            layout.load_weights(net, model)
             if state.get("classes", classes) != classes:
                 raise checkpoint.CheckpointError(
                     f"checkpoint {args.resume} was trained on other classes than {root} has "
@@ -229,37 +306,43 @@ def main(args) -> dict:
         if args.test_only:
             print(f"evaluating {args.resume}")
         else:
-            optimizer.load_state_dict(state["optimizer"])
+            optimizer.load_state_dict(layout.local_optimizer_state(state["optimizer"], net))
             scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):  # empty unless the run used --amp fp16
                 scaler.load_state_dict(state["scaler"])
             epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["step"]
-            set_rng_state(state["rng"])
+            if rng := layout.rng_to_restore(state):  # None if another number of processes wrote it
+                set_rng_state(rng)
             print(f"resumed from {args.resume} at epoch {epoch}, step {step_in_epoch} of the epoch")
             if epoch >= args.epochs:
                 print(f"the checkpoint has finished all {args.epochs} epochs; raise --epochs to train on")
 
     if args.test_only:
-        metrics = evaluate(model, val_loader, autocast=autocast)
+        metrics = evaluate(net, val_loader, autocast=autocast, reduce=layout.sum_over_replicas)
         print(f"val: loss {metrics['loss']:.4f}  acc@1 {100 * metrics['acc1']:.2f}  acc@5 {100 * metrics['acc5']:.2f}")
         return metrics
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.jsonl"
+    writer = tensorboard_writer(out) if layout.main else None
 
     def save(epoch_done: int, step: int):
-        checkpoint.save({"arch": checkpoint.ARCH, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_done,
-                         "step_in_epoch": step, "step": global_step, "rng": rng_state(), "args": vars(args),
-                         "classes": classes},
-                        ckpt_path)
+        # Every rank takes part (the towers' halves are gathered, the RNG states collected); rank 0 writes.
+        state = {"arch": checkpoint.ARCH, "model": layout.model_state(net),
+                 "optimizer": layout.optimizer_state(optimizer, net),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_done,
+                 "step_in_epoch": step, "step": global_step, "rng": rng_state(), "args": vars(args),
+                 "classes": classes, "model_options": model.options, "rank_rng": layout.gather_objects(rng_state())}
+        if layout.main:
+            checkpoint.save(state, ckpt_path)
 
     val = None
     stopped = False
     while epoch < args.epochs and not stopped:
-        loader = DaliLoader(train_plan(train_samples, args.batch_size, args.seed, epoch), args.batch_size,
-                            device, args.workers, start_batch=step_in_epoch)
+        plan = train_plan(train_samples, args.batch_size, args.seed, epoch, lighting_std=args.lighting_std,
+                          **layout.shard())
+        loader = LOADERS[args.data_loader](plan, args.batch_size, device, args.workers, start_batch=step_in_epoch)
 
         def on_step(step):
             nonlocal global_step, stopped
@@ -274,10 +357,10 @@ def main(args) -> dict:
                 print(f"stopped after {global_step} steps, in epoch {epoch} at step {step}")
             return stopped
 
-        train = train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler)
+        train = train_one_epoch(net, optimizer, loader, epoch, on_step, autocast, scaler)
         if stopped:
             break
-        val = evaluate(model, val_loader, autocast=autocast)
+        val = evaluate(net, val_loader, autocast=autocast, reduce=layout.sum_over_replicas)
         lr = optimizer.param_groups[0]["lr"]
         if args.lr_scheduler == "plateau":
             scheduler.step(val["acc1"])
@@ -287,15 +370,25 @@ def main(args) -> dict:
         save(epoch, 0)
         record = {"epoch": epoch, "step": global_step, "lr": lr, **train,
                   **{f"val_{k}": v for k, v in val.items()}}
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if layout.main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if writer:
+            for name, value in record.items():
+                writer.add_scalar(name, value, epoch)
+            writer.flush()
         print(f"epoch {epoch}/{args.epochs}: train loss {train['train_loss']:.4f}, {train['img_per_s']:.1f} img/s; "
               f"val loss {val['loss']:.4f} acc@1 {100 * val['acc1']:.2f} acc@5 {100 * val['acc5']:.2f}; lr {lr:g}")
         stopped = bool(args.max_steps and global_step >= args.max_steps)
 
+    if writer:
+        writer.close()
     print(f"checkpoint: {ckpt_path}\nmetrics: {metrics_path}")
     return val
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    try:
+        distributed.run(main, get_args_parser().parse_args())
+    except DatasetError as e:  # a file the loader cannot decode, met mid-epoch
+        raise SystemExit(f"error: {e}") from e

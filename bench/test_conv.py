@@ -7,8 +7,10 @@ On a GPU: batch 128, fp32 (TF32 on both sides, cuDNN's default), fp16 and bf16, 
 row (kernels.conv_relu's launchers) and a "torch" row, cuDNN: what autograd runs for the "torch"
 backend (F.conv2d + F.relu, then aten.convolution_backward for dx, or for dW and db), with
 cudnn.benchmark on. cuDNN's backward gets dy already masked by the ReLU (in x's layout), so autograd's
-separate mask pass is not timed; ours is fused in. extra_info has TFLOP/s, the compute floor and, on
-Triton rows, cuDNN's time taken the same way and pct_of_cudnn (100: as fast; above: faster).
+separate mask pass is not timed; ours is fused in. The forward also has a "compile" row: the compile
+backend's conv2d_relu, where Inductor calls the library convolution and fuses bias and ReLU (its
+backward is cuDNN's again, so it has no backward rows). extra_info has TFLOP/s, the compute floor and, on
+Triton and compile rows, cuDNN's time taken the same way and pct_of_cudnn (100: as fast; above: faster).
 
 FLOPs and bytes_moved of each pass (each operand read once, each result written once) come from
 bench.costs.conv_costs; compute floor = FLOPs / the H100's dense peak (bench.costs.GPUS; the H200's is the same).
@@ -29,6 +31,7 @@ from kernels.interpret import prepare
 
 prepare()  # with no GPU the interpreter must be on before kernels.conv_relu imports Triton
 from bench.costs import GPUS, conv_costs  # noqa: E402
+import kernels  # noqa: E402
 from kernels import conv_relu  # noqa: E402
 from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
 
@@ -93,13 +96,20 @@ def median_seconds(fn):
     return statistics.median(times)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+# (pass, backend): the compile backend's conv backward is cuDNN's, so it has forward rows only.
+PASS_BACKENDS = [("fwd", "triton"), ("fwd", "torch"), ("fwd", "compile"),
+                 ("dgrad", "triton"), ("dgrad", "torch"), ("wgrad", "triton"), ("wgrad", "torch")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("which", ["fwd", "dgrad", "wgrad"])
+@pytest.mark.parametrize("which,backend", PASS_BACKENDS, ids=lambda v: v)
 @pytest.mark.parametrize("layer", list(ALEXNET_CONVS))
 def test_conv(benchmark, layer, which, dtype, backend):
     x, w, b, geometry = problem(layer, dtype)
     triton_fn, cudnn_fn, (flops, bytes_moved) = passes(x, w, b, geometry)[which]
+    if backend == "compile":
+        compiled = kernels.backend("compile").conv2d_relu.__wrapped__  # no autocast wrapper: dtype is explicit
+        cudnn_fn = lambda: compiled(x, w, b, *geometry)  # noqa: E731
     precision = LOW_PRECISION.get(dtype, "tf32" if conv_relu.ALLOW_TF32 else "fp32")
     floor = flops / (GPUS["h100"].tflops[precision] * 1e12)
     benchmark.group = f"{layer} {which} {str(dtype).removeprefix('torch.')}"
@@ -113,6 +123,6 @@ def test_conv(benchmark, layer, which, dtype, backend):
     seconds = benchmark.stats.stats.median
     if any(gpu in torch.cuda.get_device_name(DEVICE) for gpu in FLOOR_GPUS):
         benchmark.extra_info["compute_floor_fraction"] = floor / seconds
-    if backend == "triton":
-        cudnn = median_seconds(cudnn_fn)
+    if backend != "torch":
+        cudnn = median_seconds(passes(x, w, b, geometry)[which][1])
         benchmark.extra_info.update(cudnn_ms=cudnn * 1e3, pct_of_cudnn=100 * cudnn / seconds)

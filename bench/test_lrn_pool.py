@@ -3,7 +3,7 @@
     pytest bench/ --benchmark-only
 
 On a GPU: batch 128, fp32/fp16/bf16, each op against its "torch" backend twin
-(F.local_response_norm, F.max_pool2d); extra_info has GB/s, the HBM floor and the fraction of it
+(F.local_response_norm, F.max_pool2d) and the same ops through torch.compile; extra_info has GB/s, the HBM floor and the fraction of it
 reached. On the CPU it is a smoke test: batch 1, spatial size cut to 15x15 and fp32 only, with
 the Triton rows labelled as interpreted (their times are not speeds).
 
@@ -37,7 +37,7 @@ def shape(layer: str) -> tuple:
     return (BATCH, c, h, w) if GPU else (BATCH, c, min(h, 15), min(w, 15))
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", kernels.BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("layer", list(LRN_POOL_SHAPES))

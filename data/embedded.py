@@ -1,11 +1,16 @@
-"""The embedded sample dataset: ten classes of shapes, generated deterministically as JPEGs.
+"""The embedded sample dataset: ten classes of textures, generated deterministically as JPEGs.
 
 Nothing can be downloaded at run time, so the default `--data-path` is a small dataset this
 module draws itself, in the ImageNet folder layout (`train/<class>/*.JPEG`, `val/<class>/*.JPEG`).
-Each image is a filled shape of a random colour, size, rotation and position on a cluttered
-background of a random gradient, noise and distractor strokes. Colour carries no information
-about the class, so a network has to learn shape; the clutter and JPEG artefacts keep it from
-being trivial. Image sizes vary (160-400 px a side) so the resize/crop path is exercised.
+Each image is a patch (ellipse or rectangle, random size and place) of one class's texture
+(checks, crosshatch, dots, rings, stripes in four orientations, waves, zigzag) in two random
+colours, with a random period and phase and a slightly jittered orientation, on a random gradient
+with pixel noise and distractor strokes. Colour carries no information about the class; the
+texture does, at a scale conv1's filters see, so a CNN learns it in a few hundred steps, while
+the near-neighbour classes (the four stripes, checks vs dots), the strokes, blur and JPEG
+artefacts keep it from being trivial. Image sizes vary (160-400 px a side) so the resize/crop path
+is exercised. (Version 1 drew shapes; telling rotated, recoloured shapes apart took a small CNN
+far longer than a 10-minute CPU run.)
 
 Every image is a pure function of (split, class, index), so the files are identical on every
 machine. Generation writes into a temporary folder and renames it, so an interrupted run never
@@ -24,9 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("arrow", "circle", "cross", "crescent", "diamond", "hexagon", "ring", "square", "star", "triangle")
+CLASSES = ("checks", "crosshatch", "dots", "rings", "stripes-antidiagonal", "stripes-diagonal",
+           "stripes-horizontal", "stripes-vertical", "waves", "zigzag")  # sorted: class index = position
 IMAGES_PER_CLASS = {"train": 130, "val": 30}
-VERSION = 1  # bump when the drawing changes, so stale caches are regenerated
+VERSION = 2  # bump when the drawing changes, so stale caches are regenerated
 
 
 def default_root() -> Path:
@@ -35,55 +41,34 @@ def default_root() -> Path:
     return Path(home) / f"embedded-v{VERSION}"
 
 
-def _regular_polygon(n, radius, angle, inner=None):
-    """Vertices of a regular n-gon (or an n-pointed star when `inner` radius is given), at 0,0."""
-    points = []
-    steps = 2 * n if inner else n
-    for i in range(steps):
-        r = inner if inner and i % 2 else radius
-        a = angle + 2 * math.pi * i / steps
-        points.append((r * math.cos(a), r * math.sin(a)))
-    return points
+def _pattern(name: str, height: int, width: int, period: float, rng: np.random.Generator) -> np.ndarray:
+    """(height, width) bool mask of class `name`'s texture: a period of `period` pixels, a random
+    phase and an orientation jittered by up to ~11 degrees."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase, jitter = rng.uniform(0, 2 * math.pi), rng.uniform(-0.2, 0.2)
+    if name.startswith("stripes-"):
+        theta = {"horizontal": math.pi / 2, "vertical": 0.0, "diagonal": math.pi / 4,
+                 "antidiagonal": 3 * math.pi / 4}[name.removeprefix("stripes-")] + jitter
+        return np.sin(2 * math.pi * (x * math.cos(theta) + y * math.sin(theta)) / period + phase) > 0
+    c, s = math.cos(jitter), math.sin(jitter)
+    u, v = x * c + y * s, -x * s + y * c  # the texture's own axes
 
+    def wave(t, length=period):
+        return np.sin(2 * math.pi * t / length + phase)
 
-def _rotated(points, angle):
-    c, s = math.cos(angle), math.sin(angle)
-    return [(x * c - y * s, x * s + y * c) for x, y in points]
-
-
-def _draw_shape(draw, name, cx, cy, r, angle, fill, background):
-    """Draw one class's shape of radius ~r centred at (cx, cy)."""
-    def poly(points):
-        draw.polygon([(cx + x, cy + y) for x, y in points], fill=fill)
-
-    if name == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif name == "ring":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=background)
-    elif name == "crescent":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        dx, dy = 0.45 * r * math.cos(angle), 0.45 * r * math.sin(angle)
-        draw.ellipse([cx + dx - 0.85 * r, cy + dy - 0.85 * r, cx + dx + 0.85 * r, cy + dy + 0.85 * r], fill=background)
-    elif name == "square":
-        poly(_regular_polygon(4, r, angle))
-    elif name == "diamond":  # a rhombus: one diagonal much longer than the other
-        poly(_rotated([(r, 0), (0, 0.5 * r), (-r, 0), (0, -0.5 * r)], angle))
-    elif name == "triangle":
-        poly(_regular_polygon(3, r, angle))
-    elif name == "hexagon":
-        poly(_regular_polygon(6, r, angle))
-    elif name == "star":
-        poly(_regular_polygon(5, r, angle, inner=0.45 * r))
-    elif name == "cross":
-        w = 0.3 * r
-        poly(_rotated([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r),
-                       (-w, w), (-r, w), (-r, -w), (-w, -w)], angle))
-    elif name == "arrow":
-        poly(_rotated([(-r, -0.2 * r), (0.2 * r, -0.2 * r), (0.2 * r, -0.6 * r), (r, 0),
-                       (0.2 * r, 0.6 * r), (0.2 * r, 0.2 * r), (-r, 0.2 * r)], angle))
-    else:
-        raise ValueError(f"unknown shape {name!r}")
+    if name == "checks":
+        return (wave(u) > 0) ^ (wave(v) > 0)
+    if name == "crosshatch":
+        return (np.abs(wave(u, 2 * period)) < 0.3) | (np.abs(wave(v, 2 * period)) < 0.3)
+    if name == "dots":
+        return wave(u) * wave(v) > 0.5
+    if name == "rings":  # concentric, around a random centre
+        return wave(np.hypot(x - rng.uniform(0, width), y - rng.uniform(0, height))) > 0
+    if name == "waves":
+        return wave(v + 0.25 * period * np.sin(2 * math.pi * u / (2.5 * period))) > 0
+    if name == "zigzag":
+        return wave(v + np.abs(u / period % 2 - 1) * period) > 0
+    raise ValueError(f"unknown texture {name!r}")
 
 
 def render(split: str, class_index: int, index: int) -> tuple[Image.Image, int]:
@@ -91,31 +76,36 @@ def render(split: str, class_index: int, index: int) -> tuple[Image.Image, int]:
     rng = np.random.default_rng([VERSION, ("train", "val").index(split), class_index, index])
     width, height = (int(v) for v in rng.integers(160, 401, size=2))
 
-    # Background: a linear gradient between two random colours, plus pixel noise.
+    # Background: a linear gradient between two random colours.
     c0, c1 = rng.uniform(0, 255, size=(2, 3))
     t = np.linspace(0, 1, width)[None, :, None] * np.ones((height, 1, 1))
     if rng.random() < 0.5:
         t = np.linspace(0, 1, height)[:, None, None] * np.ones((1, width, 1))
-    pixels = c0 + (c1 - c0) * t + rng.normal(0, 12, size=(height, width, 3))
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    background = tuple(int(v) for v in (c0 + c1) / 2)
+    pixels = c0 + (c1 - c0) * t
 
-    # Distractor strokes, then the object, at least 90 levels away from the mean background.
+    # The textured patch: an ellipse or a rectangle of two random, well-separated colours.
+    period = min(width, height) * rng.uniform(0.05, 0.1)
+    mask = _pattern(CLASSES[class_index], height, width, period, rng)
+    while True:
+        ink, paper = rng.uniform(0, 255, size=(2, 3))
+        if np.abs(ink - paper).sum() > 150:
+            break
+    texture = np.where(mask[..., None], ink, paper)
+    patch = Image.new("L", (width, height), 0)
+    rx, ry = width * rng.uniform(0.35, 0.6), height * rng.uniform(0.35, 0.6)
+    cx, cy = width * (0.5 + rng.uniform(-0.15, 0.15)), height * (0.5 + rng.uniform(-0.15, 0.15))
+    draw_patch = ImageDraw.Draw(patch).ellipse if rng.random() < 0.5 else ImageDraw.Draw(patch).rectangle
+    draw_patch([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    inside = np.asarray(patch, np.float32)[..., None] / 255
+    pixels = pixels * (1 - inside) + texture * inside + rng.normal(0, 12, size=(height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    # Distractor strokes over everything: oriented lines that are not the class's.
+    draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(2, 7)):
         xy = rng.uniform(0, 1, size=4) * [width, height, width, height]
         colour = tuple(int(v) for v in rng.uniform(0, 255, size=3))
         draw.line(list(xy), fill=colour, width=int(rng.integers(1, 5)))
-    while True:
-        fill = rng.uniform(0, 255, size=3)
-        if np.abs(fill - background).sum() > 90:
-            break
-    short = min(width, height)
-    r = short * rng.uniform(0.18, 0.32)
-    cx = width / 2 + rng.uniform(-0.15, 0.15) * width
-    cy = height / 2 + rng.uniform(-0.15, 0.15) * height
-    _draw_shape(draw, CLASSES[class_index], cx, cy, r, rng.uniform(0, 2 * math.pi),
-                tuple(int(v) for v in fill), background)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     return image, int(rng.integers(70, 96))

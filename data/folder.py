@@ -1,4 +1,6 @@
-"""The dataset layout: ImageNet's `ROOT/train/<class>/*.JPEG` and `ROOT/val/<class>/*.JPEG`.
+"""The dataset layout: ImageNet's `ROOT/train/<class>/*.JPEG`, and the validation split either as
+class folders, `ROOT/val/<class>/*.JPEG`, or as one flat folder `ROOT/val/*.JPEG` plus a label
+file `ROOT/val_labels.txt` with one `<file name> <class name>` line per image.
 
 Class index = position of the class folder's name in sorted order of the train split, as in
 torchvision's ImageFolder; the validation split is labelled with the train split's indices, so a
@@ -8,6 +10,7 @@ class missing from val is fine but a class val has and train lacks is an error.
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VAL_LABELS = "val_labels.txt"
 
 
 class DatasetError(ValueError):
@@ -25,6 +28,11 @@ def find_classes(split_dir: Path) -> list[str]:
     return classes
 
 
+def _images(folder: Path, recursive: bool = True) -> list[Path]:
+    return sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir())
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     """(path, class index) for every image file under `split_dir`, in sorted order.
 
@@ -35,18 +43,78 @@ def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     for name in find_classes(split_dir):
         if name not in index:
             raise DatasetError(f"{split_dir / name} is a class the train split does not have")
-        files = sorted(p for p in (split_dir / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = _images(split_dir / name)
         if not files:
             raise DatasetError(f"{split_dir / name} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         samples += [(str(p), index[name]) for p in files]
     return samples
 
 
-def load_splits(root: Path | str) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
-    """(class names, train samples, val samples) of the dataset at `root`."""
+def list_flat_samples(split_dir: Path, label_file: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) for every image file directly in `split_dir`, in sorted order, labelled
+    by `label_file`'s `<file name> <class name>` lines: every image needs exactly one line, and every
+    line an image."""
+    index = {name: i for i, name in enumerate(classes)}
+    labels = {}
+    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        where = f"{label_file}, line {number}"
+        if len(fields) != 2:
+            raise DatasetError(f"{where}: expected '<file name> <class name>', got {line!r}")
+        name, label = fields
+        if label not in index:
+            raise DatasetError(f"{where}: class {label!r} is not a class folder of the train split")
+        if name in labels:
+            raise DatasetError(f"{where}: {name} is labelled twice")
+        labels[name] = index[label]
+    files = _images(split_dir, recursive=False)
+    unlabelled = [p.name for p in files if p.name not in labels]
+    if unlabelled:
+        raise DatasetError(f"{len(unlabelled)} images in {split_dir} have no line in {label_file}, "
+                           f"e.g. {unlabelled[0]}")
+    missing = sorted(set(labels) - {p.name for p in files})
+    if missing:
+        raise DatasetError(f"{label_file} labels {len(missing)} files {split_dir} does not hold, e.g. {missing[0]}")
+    return [(str(p), labels[p.name]) for p in files]
+
+
+def read_exclude_list(path: Path | str) -> set[str]:
+    """The paths (relative to the data root) in a list written by `python -m data.check`:
+    one `<path><TAB><reason>` line per file; `#` lines are comments."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise DatasetError(f"exclude list {path}: {e.strerror or e}") from e
+    return {line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")}
+
+
+def load_splits(root: Path | str, exclude_list: Path | str | None = None
+                ) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """(class names, train samples, val samples) of the dataset at `root`, without the files named
+    in `exclude_list` (a `python -m data.check` list; each must be a file of the dataset)."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"data path {root} does not exist")
     classes = find_classes(root / "train")
-    return classes, list_samples(root / "train", classes), list_samples(root / "val", classes)
+    train = list_samples(root / "train", classes)
+    val_dir, label_file = root / "val", root / VAL_LABELS
+    flat = val_dir.is_dir() and not any(p.is_dir() for p in val_dir.iterdir())
+    if flat and not label_file.is_file():
+        raise DatasetError(f"{val_dir} has no class folders and there is no {label_file}; expected "
+                           f"{val_dir}/<class>/<image files>, or {val_dir}/<image files> plus {label_file} "
+                           f"with '<file name> <class name>' lines")
+    val = list_flat_samples(val_dir, label_file, classes) if flat else list_samples(val_dir, classes)
+    if exclude_list is None:
+        return classes, train, val
+    exclude = read_exclude_list(exclude_list)
+    known = {Path(p).relative_to(root).as_posix() for p, _ in train + val}
+    unknown = sorted(exclude - known)
+    if unknown:
+        raise DatasetError(f"exclude list {exclude_list} names {len(unknown)} files that are not images of {root}, "
+                           f"e.g. {unknown[0]} (was it written for another folder?)")
+
+    def keep(samples):
+        return [(p, label) for p, label in samples if Path(p).relative_to(root).as_posix() not in exclude]
+    return classes, keep(train), keep(val)

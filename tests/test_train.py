@@ -59,7 +59,7 @@ def test_uninterrupted_run_writes_checkpoint_and_metrics(uninterrupted):
     for r in lines:
         assert 0 <= r["val_acc1"] <= r["val_acc5"] <= 1 and r["img_per_s"] > 0 and r["lr"] == 0.01
     state = torch.load(uninterrupted / "checkpoint.pth", weights_only=True)
-    assert state["classes"] == ["arrow", "circle", "cross"] and state["args"]["batch_size"] == 4
+    assert state["classes"] == ["checks", "crosshatch", "dots"] and state["args"]["batch_size"] == 4
     assert isinstance(state["args"], dict) and state["rng"]["torch"].dtype == torch.uint8
 
 
@@ -133,7 +133,7 @@ def test_empty_folder_is_named(tmp_path):
 
 def test_images_without_class_folders_are_named(tmp_path, tiny_data):
     (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "a.JPEG").write_bytes((tiny_data / "train/arrow/arrow_0000.JPEG").read_bytes())
+    (tmp_path / "train" / "a.JPEG").write_bytes((tiny_data / "train/checks/checks_0000.JPEG").read_bytes())
     with pytest.raises(SystemExit, match="has no class folders"):
         run_main("--data-path", str(tmp_path))
 
@@ -148,7 +148,7 @@ def test_class_folder_without_images_is_named(tmp_path):
 
 def test_val_class_unknown_to_train_is_named(tmp_path):
     write_dataset(tmp_path, {"train": 1, "val": 1}, num_classes=2)
-    (tmp_path / "val" / "circle").rename(tmp_path / "val" / "zebra")
+    (tmp_path / "val" / "crosshatch").rename(tmp_path / "val" / "zebra")
     with pytest.raises(SystemExit, match="zebra is a class the train split does not have"):
         run_main("--data-path", str(tmp_path))
 
@@ -207,7 +207,7 @@ def test_bad_device_name_is_named(tiny_data):
 def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_data):
     torch.manual_seed(0)
     checkpoint.save({"arch": checkpoint.ARCH, "model": AlexNet(num_classes=3).state_dict(),
-                     "classes": ["arrow", "circle", "cross"]}, tmp_path / "weights.pth")
+                     "classes": ["checks", "crosshatch", "dots"]}, tmp_path / "weights.pth")
     metrics = run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "weights.pth"), "--test-only", "-b", "4")
     assert 0 <= metrics["acc1"] <= metrics["acc5"] <= 1
     with pytest.raises(SystemExit, match="holds no training state .*optimizer.* it can be evaluated with --test-only"):

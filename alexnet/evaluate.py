@@ -1,0 +1,130 @@
+"""Evaluate a checkpoint on a validation split: top-1 and top-5 error, per class, and what it confuses.
+
+    python -m alexnet.evaluate --checkpoint output/checkpoint.pth                 # embedded dataset, centre crop
+    python -m alexnet.evaluate --checkpoint output/checkpoint.pth --ten-crop      # the paper's test-time procedure
+    python -m alexnet.evaluate --checkpoint C --data-path /data/imagenet --device cuda -b 256 --json eval.json
+
+Centre crop: the one 227x227 crop training validates on. Ten-crop (the paper's): the softmax
+averaged over the four corner crops, the centre crop and the mirror images of all five. The
+network is rebuilt as the variant the checkpoint was trained as (its ablation switches), and the
+data's classes must be the checkpoint's.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import kernels
+from alexnet.checkpoint import CheckpointError
+from alexnet.inference import Trained, check_classes, load_trained
+from alexnet.train import POSITIVE_INT, resolve_device
+from data.dali import DaliLoader, val_plan
+from data.embedded import ensure_embedded
+from data.folder import DatasetError, load_splits
+
+
+@torch.no_grad()
+def predict_split(trained: Trained, samples: list[tuple[str, int]], batch_size: int, workers: int = 2,
+                  ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (N, classes), labels (N,)) on the CPU for `samples`, centre crop or ten-crop."""
+    device = next(trained.model.parameters()).device
+    loader = DaliLoader(val_plan(samples, ten_crop=ten_crop), batch_size, device, workers)
+    probs, labels = [], []
+    for images, target in tqdm(loader, desc="ten-crop" if ten_crop else "centre crop", leave=False,
+                               dynamic_ncols=True):
+        if ten_crop:  # (B, 10, 3, 227, 227): score all crops as one batch, then average each image's ten
+            b, crops = images.shape[:2]
+            p = trained.model(images.flatten(0, 1)).float().softmax(1).view(b, crops, -1).mean(1)
+        else:
+            p = trained.model(images).float().softmax(1)
+        probs.append(p.cpu())
+        labels.append(target.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
+def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], pairs: int = 10) -> dict:
+    """Top-1/top-5 error overall and per class, and the `pairs` most frequent (true, predicted) mistakes."""
+    k = min(5, len(classes))
+    top = probs.topk(k, dim=1).indices
+    hit1, hit5 = top[:, 0] == labels, (top == labels[:, None]).any(1)
+    per_class = []
+    for c, name in enumerate(classes):
+        mine = labels == c
+        n = int(mine.sum())
+        if n:
+            per_class.append({"class": name, "images": n, "top1_err": 1 - hit1[mine].float().mean().item(),
+                              "top5_err": 1 - hit5[mine].float().mean().item()})
+    confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
+    confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
+    mistakes = confusion.clone().fill_diagonal_(0)
+    counts, flat = mistakes.flatten().topk(min(pairs, mistakes.numel()))
+    confused = [{"true": classes[i // len(classes)], "predicted": classes[i % len(classes)], "images": int(n),
+                 "of_true": int(n) / int(confusion[i // len(classes)].sum())}
+                for n, i in zip(counts.tolist(), flat.tolist()) if n > 0]
+    return {"images": len(labels), "top1_err": 1 - hit1.float().mean().item(),
+            "top5_err": 1 - hit5.float().mean().item(), "per_class": per_class, "confused": confused,
+            "confusion": confusion.tolist()}
+
+
+def report(summary: dict, title: str) -> str:
+    """The summary as the text the command prints."""
+    lines = [f"{title}: {summary['images']} images, top-1 error {100 * summary['top1_err']:.2f} %, "
+             f"top-5 error {100 * summary['top5_err']:.2f} %", "",
+             f"{'class':<24} {'images':>6} {'top-1 err':>9} {'top-5 err':>9}"]
+    lines += [f"{r['class']:<24} {r['images']:>6} {100 * r['top1_err']:>8.1f}% {100 * r['top5_err']:>8.1f}%"
+              for r in summary["per_class"]]
+    lines += ["", "most confused (true -> predicted: images, share of the true class)"]
+    lines += [f"  {r['true']} -> {r['predicted']}: {r['images']} ({100 * r['of_true']:.0f} %)"
+              for r in summary["confused"]] or ["  none: every top-1 prediction is right"]
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(path, data_path=None, batch_size=64, device="cpu", workers=2, ten_crop=False,
+                        kernels_name="torch", exclude_list=None) -> dict:
+    """Load checkpoint `path` and summarize it on `data_path`'s val split (default: the embedded
+    dataset), leaving out the files `exclude_list` names."""
+    root = Path(data_path) if data_path else ensure_embedded()
+    classes, _, val_samples = load_splits(root, exclude_list)
+    trained = load_trained(path, device, kernels_name)
+    check_classes(trained, classes, root)
+    probs, labels = predict_split(trained, val_samples, batch_size, workers, ten_crop)
+    return summarize(probs, labels, classes)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m alexnet.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by python -m alexnet.train")
+    p.add_argument("--data-path", default=None,
+                   help="folder with train/<class>/* and val/<class>/* (default: the embedded dataset)")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over ten crops (the paper's test)")
+    p.add_argument("-b", "--batch-size", default=64, type=POSITIVE_INT,
+                   help="images per batch (ten-crop runs ten times as many crops) (default: 64)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
+    p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS, help="backend to run on (default: torch)")
+    p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
+    p.add_argument("--exclude-list", default=None,
+                   help="leave out the files this list names (written by python -m data.check ROOT)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary (and the confusion matrix) as JSON")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    try:
+        summary = evaluate_checkpoint(args.checkpoint, args.data_path, args.batch_size, resolve_device(args.device),
+                                      args.workers, args.ten_crop, args.kernels, args.exclude_list)
+    except (CheckpointError, DatasetError) as e:
+        raise SystemExit(f"error: {e}") from e
+    print(report(summary, f"{args.checkpoint}, {'ten-crop' if args.ten_crop else 'centre crop'}"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"summary: {args.json}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Images per second of the DALI and the PIL loaders on the same files and cores, in one run.
+
+    pytest bench/test_data_pipeline.py --benchmark-only
+
+Both run the paper's train transform (decode, shorter side to 256, random 227 crop, flip, PCA
+lighting, mean subtraction, CHW float32) on the same plan: the 640 JPEGs of a small embedded dataset
+(160-400 px a side, generated into a temporary folder), each twice, batch 128, with as many DALI
+threads / DataLoader worker processes as the machine has cores. A round times the steady state:
+everything after the first batch, which pays for building the pipeline or starting the workers
+(that start-up time is recorded as extra_info["startup_s"]). On a GPU machine a third case decodes
+and augments on the GPU (DALI's "mixed" decoder). extra_info: img_per_s, startup_s, workers, device.
+"""
+
+import os
+import time
+
+import pytest
+import torch
+
+from data.dali import DaliLoader, train_plan
+from data.embedded import write_dataset
+from data.folder import load_splits
+from data.pil import PilLoader
+
+BATCH, PER_CLASS, REPEAT, ROUNDS = 128, 64, 2, 3
+WORKERS = os.cpu_count()
+CASES = [("dali", "cpu"), ("pil", "cpu")] + ([("dali", "cuda")] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-data")
+    write_dataset(root, {"train": PER_CLASS, "val": 1})
+    _, train, _ = load_splits(root)
+    return train_plan(train * REPEAT, BATCH, seed=0, epoch=0)
+
+
+@pytest.mark.parametrize("loader,device", CASES, ids=[f"{name}-{device}" for name, device in CASES])
+def test_data_pipeline(benchmark, plan, loader, device):
+    make = {"dali": DaliLoader, "pil": PilLoader}[loader]
+    startup = []
+
+    def first_batch():
+        start = time.perf_counter()
+        batches = iter(make(plan, BATCH, device, WORKERS))
+        next(batches)
+        startup.append(time.perf_counter() - start)
+        return (batches,), {}
+
+    def the_rest(batches):
+        for images, _ in batches:
+            pass
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return images.shape
+
+    benchmark.group = "data pipeline (paper's train transform)"
+    shape = benchmark.pedantic(the_rest, setup=first_batch, rounds=ROUNDS, warmup_rounds=1)
+    assert shape == (BATCH, 3, 227, 227)
+    benchmark.extra_info.update(loader=loader, device=device, workers=WORKERS, batch=BATCH, images=len(plan) - BATCH,
+                                img_per_s=(len(plan) - BATCH) / benchmark.stats.stats.median,
+                                startup_s=sorted(startup)[len(startup) // 2])

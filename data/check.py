@@ -1,0 +1,92 @@
+"""Check a dataset before training: decode every image once and list the files that fail.
+
+    python -m data.check /data/imagenet                    # writes bad_files.txt; exit code 1 if any
+    python -m data.check /data/imagenet -o bad.txt -j 8    # the list elsewhere, 8 processes
+    python -m alexnet.train --data-path /data/imagenet --exclude-list bad.txt
+
+DALI cannot skip a sample mid-epoch, so a file it cannot decode stops training (the loader then
+names it). This decodes every file the loaders would read (train and val) with PIL, in parallel,
+and reports the ones that are empty, not an image, truncated or corrupt, or in a format DALI's
+decoder does not take (DALI reads JPEG, PNG, BMP, TIFF, PNM, JPEG 2000 and WebP; not GIF, for one).
+Both decoders go by a file's content, not its name: a PNG named .JPEG decodes fine in both and is
+not reported; nor are grayscale and CMYK JPEGs, which both convert to RGB.
+
+The list has one line per bad file, `<path relative to ROOT><TAB><reason>`, after a `#` comment
+line; `--exclude-list` on `python -m alexnet.train` reads it and leaves those files out.
+"""
+
+import argparse
+import os
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from data.folder import DatasetError, load_splits
+
+# PIL's names for the formats DALI's image decoder takes (MPO: a camera JPEG with extra frames).
+DALI_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "JPEG2000", "WEBP"}
+
+
+def check_file(path: str | Path) -> str | None:
+    """Why `path` cannot be trained on, or None if it decodes."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if size == 0:
+        return "empty (0 bytes)"
+    try:
+        with Image.open(path) as image:
+            if image.format not in DALI_FORMATS:
+                return f"{image.format} image, a format DALI's decoder does not take"
+            image.load()  # decodes every pixel: a truncated or corrupt file raises here
+    except UnidentifiedImageError:
+        return "not an image"
+    except OSError as e:
+        return f"truncated or corrupt: {e.strerror or e}"
+    except Exception as e:  # PIL's plugins raise SyntaxError, ValueError, ... on corrupt data
+        return f"corrupt: {type(e).__name__}: {e}"
+    return None
+
+
+def check_dataset(root: Path, workers: int, progress: bool = True) -> list[tuple[str, str]]:
+    """(path relative to root, reason) for every bad file the loaders would read under `root`."""
+    _, train, val = load_splits(root)
+    paths = [p for p, _ in train + val]
+    with Pool(workers) as pool:
+        reasons = list(tqdm(pool.imap(check_file, paths, chunksize=32), total=len(paths), desc=f"checking {root}",
+                            unit="img", disable=not progress, dynamic_ncols=True))
+    return [(str(Path(p).relative_to(root)), r) for p, r in zip(paths, reasons) if r]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="dataset folder (train/<class>/*, val/...)")
+    p.add_argument("-o", "--output", default="bad_files.txt",
+                   help="where to write the list of bad files (default: bad_files.txt)")
+    p.add_argument("-j", "--workers", type=int, default=os.cpu_count(),
+                   help=f"decoding processes (default: {os.cpu_count()}, the CPU count)")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"-j/--workers must be >= 1, got {args.workers}")
+    root = Path(args.root)
+    try:
+        bad = check_dataset(root, args.workers)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    Path(args.output).write_text(f"# python -m data.check {root}: {len(bad)} bad files\n"
+                                 + "".join(f"{path}\t{reason}\n" for path, reason in bad))
+    for path, reason in bad:
+        print(f"{path}: {reason}")
+    print(f"{len(bad)} bad files; list written to {args.output}"
+          + (f" (train with --exclude-list {args.output} to leave them out)" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

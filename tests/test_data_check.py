@@ -1,0 +1,144 @@
+"""Odd and broken files: `python -m data.check` finds the broken ones, both loaders decode the odd
+ones alike and name a broken one when they meet it, and training fails fast or leaves them out."""
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.train import get_args_parser, main
+from data.check import check_file
+from data.dali import MEAN_RGB, DaliLoader, val_plan
+from data.embedded import write_dataset
+from data.folder import DatasetError, load_splits
+from data.pil import PilLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = {"truncated.JPEG": "truncated", "empty.JPEG": "empty", "text.JPEG": "not an image"}
+ODD = ("png.JPEG", "cmyk.JPEG", "gray.JPEG")  # fine: both decoders go by content and convert to RGB
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory) -> Path:
+    """The tiny embedded dataset (2 classes, 4 train and 1 val image each) plus, in train/crosshatch, a
+    truncated JPEG, a 0-byte file, a text file, a PNG, a CMYK JPEG and a grayscale JPEG, all named .JPEG,
+    made from one of its images."""
+    root = tmp_path_factory.mktemp("odd")
+    write_dataset(root, {"train": 4, "val": 1}, num_classes=2)
+    source = sorted((root / "train" / "checks").iterdir())[0]
+    folder = root / "train" / "crosshatch"
+    data = source.read_bytes()
+    (folder / "truncated.JPEG").write_bytes(data[:len(data) // 2])
+    (folder / "empty.JPEG").write_bytes(b"")
+    (folder / "text.JPEG").write_text("this is not an image\n")
+    with Image.open(source) as image:
+        image.save(folder / "png.JPEG", format="PNG")
+        image.convert("CMYK").save(folder / "cmyk.JPEG", format="JPEG", quality=95)
+        image.convert("L").save(folder / "gray.JPEG", format="JPEG", quality=95)
+        (folder / "source.JPEG").write_bytes(data)  # the original, to compare the odd ones with
+    return root
+
+
+def test_check_file_gives_the_reason(odd_folder, tmp_path):
+    folder = odd_folder / "train" / "crosshatch"
+    for name, reason in BAD.items():
+        got = check_file(folder / name)
+        assert got and reason in got, f"[{name}] check_file says {got!r}, want {reason!r}"
+    for name in ODD:
+        assert check_file(folder / name) is None, f"[{name}] is reported bad: {check_file(folder / name)}"
+    Image.new("RGB", (30, 20)).save(tmp_path / "gif.JPEG", format="GIF")
+    assert "GIF image, a format DALI's decoder does not take" in check_file(tmp_path / "gif.JPEG")
+    assert "unreadable" in check_file(tmp_path / "absent.JPEG")
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_check_cli_lists_the_bad_files_for_training_to_exclude(odd_folder, tmp_path):
+    result = run("data.check", str(odd_folder), "-o", str(tmp_path / "bad.txt"), "-j", "2")
+    assert result.returncode == 1, f"exit code {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    listed = [line.split("\t") for line in (tmp_path / "bad.txt").read_text().splitlines()[1:]]
+    assert sorted(path for path, _ in listed) == sorted(f"train/crosshatch/{name}" for name in BAD)
+    for name, reason in BAD.items():
+        assert any(path.endswith(name) and reason in why for path, why in listed), f"[{name}] not listed as {reason}"
+        assert f"train/crosshatch/{name}: " in result.stdout
+    _, train, _ = load_splits(odd_folder, tmp_path / "bad.txt")
+    assert not any(Path(p).name in BAD for p, _ in train) and len(train) == 8 + 1 + len(ODD)
+
+
+def test_check_cli_exit_codes_on_a_clean_and_a_missing_folder(tmp_path):
+    write_dataset(tmp_path / "clean", {"train": 1, "val": 1}, num_classes=2)
+    clean = run("data.check", str(tmp_path / "clean"), "-o", str(tmp_path / "none.txt"))
+    assert clean.returncode == 0 and "0 bad files" in clean.stdout, clean.stdout + clean.stderr
+    assert (tmp_path / "none.txt").read_text().splitlines()[1:] == []
+    missing = run("data.check", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.txt"))
+    assert missing.returncode == 2 and f"data path {tmp_path / 'nowhere'} does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("loader", [DaliLoader, PilLoader])
+def test_odd_files_decode_to_their_source_image(odd_folder, loader):
+    folder = odd_folder / "train" / "crosshatch"
+    names = ["source.JPEG", *ODD]
+    images, _ = next(iter(loader(val_plan([(str(folder / n), 0) for n in names]), 4, workers=1)))
+    source = images[0]
+    for name, image in zip(names[1:], images[1:]):
+        # PNG is lossless; the CMYK and gray copies are re-encoded at quality 95 (0.3 levels off on average,
+        # measured), and gray loses the colour: compare it with the source's luma (ITU-R 601, as PIL converts).
+        # CMYK read with its channels inverted, or gray as one channel, would be tens of levels off.
+        want = source
+        if name == "gray.JPEG":
+            rgb = source + torch.tensor(MEAN_RGB)[:, None, None]
+            want = (rgb * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0) - torch.tensor(MEAN_RGB)[:, None, None]
+        diff = (image - want).abs().mean().item()
+        assert diff < 1.0, f"[{loader.__name__} {name}] mean |image - source| = {diff:.2f} levels"
+
+
+@pytest.mark.parametrize("loader", [DaliLoader, PilLoader])
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_loaders_name_the_bad_file(odd_folder, loader, name):
+    good = [str(p) for p in sorted((odd_folder / "train" / "checks").iterdir())]
+    paths = good[:3] + [str(odd_folder / "train" / "crosshatch" / name)] + good[3:]
+    batches = iter(loader(val_plan([(p, 0) for p in paths]), 2, workers=1))
+    next(batches)  # batch 0 is fine
+    with pytest.raises(DatasetError, match=f"the data pipeline failed on .*{name}: .*{BAD[name]}"):
+        next(batches)
+
+
+@pytest.mark.parametrize("loader", [DaliLoader, PilLoader])
+def test_loaders_name_a_file_that_vanished(odd_folder, tmp_path, loader):
+    paths = [str(odd_folder / "train" / "crosshatch" / "source.JPEG"), str(tmp_path / "gone.JPEG")]
+    with pytest.raises(DatasetError, match="failed on .*gone.JPEG: unreadable: No such file"):
+        list(loader(val_plan([(p, 0) for p in paths]), 2, workers=1))
+
+
+def train_args(data: Path, out: Path, *flags: str) -> list[str]:
+    return ["--data-path", str(data), "--output-dir", str(out), "--epochs", "1", *flags]
+
+
+# runpy runs a fresh copy of alexnet.train as __main__ (this file imported the module too): harmless here
+@pytest.mark.filterwarnings("ignore:'alexnet.train' found in sys.modules")
+@pytest.mark.parametrize("loader", ["dali", "pil"])
+def test_training_fails_fast_naming_the_bad_files(odd_folder, tmp_path, monkeypatch, loader):
+    """One batch holds all 15 train images, bad ones included: `python -m alexnet.train` stops before
+    its first step with an error message (SystemExit), not a traceback."""
+    monkeypatch.setattr(sys, "argv", ["alexnet.train", *train_args(odd_folder, tmp_path, "-b", "15", "--data-loader",
+                                                                    loader, "-j", "1")])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module("alexnet.train", run_name="__main__")
+    message = str(exit.value.code)
+    assert message.startswith("error: the data pipeline failed on "), message
+    for name, reason in BAD.items():
+        assert f"{name}: " in message and reason in message, f"[{name}] not named: {message}"
+
+
+def test_training_leaves_out_the_files_data_check_lists(odd_folder, tmp_path, capsys):
+    assert run("data.check", str(odd_folder), "-o", str(tmp_path / "bad.txt")).returncode == 1
+    main(get_args_parser().parse_args(train_args(odd_folder, tmp_path, "-b", "4", "--max-steps", "1",
+                                                 "--exclude-list", str(tmp_path / "bad.txt"))))
+    out = capsys.readouterr().out
+    assert "12 train" in out and "stopped after 1 steps" in out, out

@@ -1,0 +1,32 @@
+"""python -m alexnet.export: a safetensors file with the checkpoint's exact weights, and what it
+takes to rebuild the network from it."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from alexnet import export
+from alexnet.checkpoint import ARCH, load
+from alexnet.model import AlexNet
+pytest_plugins = ["tests.trained"]  # the tiny_run fixture
+
+
+def test_export_round_trips(tiny_run, tmp_path):
+    out = export.main(["--checkpoint", str(tiny_run.checkpoint), "-o", str(tmp_path / "a.safetensors")])
+    tensors, saved = load_file(out), load(tiny_run.checkpoint)["model"]
+    assert tensors.keys() == saved.keys()
+    for name, value in saved.items():
+        assert torch.equal(tensors[name], value), f"[{name}] differs from the checkpoint"
+    with safe_open(out, "pt") as f:
+        meta = f.metadata()
+    assert meta["arch"] == ARCH and json.loads(meta["classes"]) == ["checks", "crosshatch", "dots"]
+    model = AlexNet(len(json.loads(meta["classes"])), **json.loads(meta["model_options"]))
+    model.load_state_dict(tensors)  # strict: every tensor fits
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=f"checkpoint {tmp_path / 'x.pth'} does not exist"):
+        export.main(["--checkpoint", str(tmp_path / "x.pth"), "-o", str(tmp_path / "x.safetensors")])
