@@ -8,7 +8,7 @@
 Rank r is tower r % towers of replica r // towers, so a replica's towers are neighbouring ranks (on
 one node when every node runs an even number of processes). Each replica's towers form a process
 group for their exchanges (alexnet.towers); each tower index across the replicas forms one for
-DistributedDataParallel's gradient all-reduce. Replica k reads shard k of every epoch (data.dali's
+DistributedDataParallel's gradient all-reduce. Replica k reads shard k of every epoch (data.plans'
 `rank`/`world_size`), both its towers the same one; validation sums its counts over the replicas.
 One GPU per process (LOCAL_RANK) with NCCL, or CPU processes with gloo.
 
@@ -67,7 +67,7 @@ class Layout:
         return self.rank == 0
 
     def shard(self) -> dict:
-        """data.dali's train_plan / val_plan keyword arguments for this replica's shard."""
+        """data.plans' train_plan / val_plan keyword arguments for this replica's shard."""
         return dict(rank=self.replica, world_size=self.replicas)
 
     def wrap(self, model: AlexNet, seed: int) -> nn.Module:

@@ -21,7 +21,8 @@ import kernels
 from alexnet.checkpoint import CheckpointError
 from alexnet.inference import Trained, check_classes, load_trained
 from alexnet.train import POSITIVE_INT, resolve_device
-from data.dali import DaliLoader, val_plan
+from data.dali import DaliLoader
+from data.plans import val_plan
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from alexnet import checkpoint
 from alexnet.model import PAPER_OPTIONS, AlexNet
-from data.dali import CROP, MEAN_RGB, RESIZE_SHORTER
+from data.plans import CROP, MEAN_RGB, RESIZE_SHORTER
 from data.folder import IMAGE_EXTENSIONS
 
 MEAN = torch.tensor(MEAN_RGB).view(3, 1, 1)

@@ -17,7 +17,8 @@ import time
 import pytest
 import torch
 
-from data.dali import DaliLoader, train_plan
+from data.dali import DaliLoader
+from data.plans import train_plan
 from data.embedded import write_dataset
 from data.folder import load_splits
 from data.pil import PilLoader

@@ -1,10 +1,10 @@
-"""The same loaders as data.dali's, on PIL and torch.utils.data.DataLoader: the baseline DALI is
+"""The same loader as data.dali's, on PIL and torch.utils.data.DataLoader: the baseline DALI is
 measured against, and the path for machines without DALI (`python -m alexnet.train --data-loader pil`).
 
     loader = PilLoader(train_plan(samples, 128, seed=0, epoch=0), 128, "cuda", workers=8)
     for images, labels in loader: ...   # (128, 3, 227, 227) float32, (128,) int64 on cuda
 
-It runs the plans data.dali draws, so it yields the same samples, crops, flips and lighting, in the
+It runs the same data.plans plans, so it yields the same samples, crops, flips and lighting, in the
 same order and shapes: decode, convert to RGB, shorter side to 256 (PIL's antialiased bilinear
 filter; DALI's linear resize with antialiasing differs from it by a level or so on edges), the
 crop at the plan's position rounded as DALI rounds it, the flip, then minus the plan's mean, CHW.
@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from data.check import check_file
-from data.dali import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, bad_files_error
+from data.plans import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, PlanLoader, bad_files_error
 
 
 def resize_shorter(image: Image.Image, size: int = RESIZE_SHORTER) -> Image.Image:
@@ -68,17 +68,9 @@ def _collate(items):
     return bad or default_collate(items)
 
 
-class PilLoader:
+class PilLoader(PlanLoader):
     """data.dali.DaliLoader's interface and outputs on PIL: iterates (images, labels (B,) int64) on
     `device` for one plan from batch `start_batch`; `workers` loading processes (0: in this one)."""
-
-    def __init__(self, plan: EpochPlan, batch_size: int, device: torch.device | str = "cpu",
-                 workers: int = 2, start_batch: int = 0):
-        self.plan, self.batch_size, self.start_batch = plan, batch_size, start_batch
-        self.device, self.workers = torch.device(device), workers
-
-    def __len__(self):
-        return max(0, -(-len(self.plan) // self.batch_size) - self.start_batch)
 
     def __iter__(self):
         if len(self) == 0:

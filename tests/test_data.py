@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data.dali import CROP, MEAN_RGB, DaliLoader, EpochPlan, train_plan, val_plan
+from data.dali import DaliLoader
+from data.plans import CROP, MEAN_RGB, EpochPlan, train_plan, val_plan
 from data.embedded import write_dataset
 from data.folder import VAL_LABELS, DatasetError, load_splits
 from data.pil import PilLoader

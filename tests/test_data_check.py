@@ -12,7 +12,8 @@ from PIL import Image
 
 from alexnet.train import get_args_parser, main
 from data.check import check_file
-from data.dali import MEAN_RGB, DaliLoader, val_plan
+from data.dali import DaliLoader
+from data.plans import MEAN_RGB, val_plan
 from data.embedded import write_dataset
 from data.folder import DatasetError, load_splits
 from data.pil import PilLoader

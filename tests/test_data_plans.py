@@ -4,7 +4,7 @@ Plans are pure Python (no decoding), so these run on thousands of fake samples i
 import numpy as np
 import pytest
 
-from data.dali import EIGVAL, EIGVEC, MEAN_RGB, PIXEL_SCALE, train_plan, val_plan
+from data.plans import EIGVAL, EIGVEC, MEAN_RGB, PIXEL_SCALE, train_plan, val_plan
 
 
 def fake_samples(n: int, classes: int = 7) -> list[tuple[str, int]]:

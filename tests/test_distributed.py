@@ -20,7 +20,7 @@ from alexnet.distributed import Layout, make_groups
 from alexnet.model import AlexNet
 from alexnet.towers import split_rows
 from alexnet.train import get_args_parser, main
-from data.dali import train_plan, val_plan
+from data.plans import train_plan, val_plan
 from data.embedded import write_dataset
 from tests.test_towers import assert_close, batch, free_port, init_gloo, paper_net, spawn
 

@@ -9,7 +9,8 @@ import torch
 
 from alexnet import evaluate
 from alexnet.inference import load_trained
-from data.dali import DaliLoader, val_plan
+from data.dali import DaliLoader
+from data.plans import val_plan
 from data.embedded import write_dataset
 from data.folder import load_splits
 pytest_plugins = ["tests.trained"]  # the tiny_run fixture

@@ -45,18 +45,26 @@ def test_torch_lrn_is_the_papers_formula(shape):
     assert not torch.allclose(got, torch.nn.functional.local_response_norm(a, 5, 1e-4, 0.75, 2.0))
 
 
-def test_initialisation_is_the_papers():
+@pytest.mark.parametrize("init", ["paper", "caffe"])
+def test_initialisation(init):
+    """paper: weights N(0, 0.01), biases 1 in conv2, 4, 5, fc6, 7; caffe: those biases 0.1 and fc6, fc7 N(0, 0.005)."""
     torch.manual_seed(0)
-    model = AlexNet()
+    model = AlexNet(init=init) if init != "paper" else AlexNet()  # the paper's is the default
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         layer = getattr(model, name)
         w = layer.weight.detach()
+        std = 0.005 if init == "caffe" and name in ("fc6", "fc7") else 0.01
         # >= 34,848 samples a layer: the sample mean's spread is < 5.4e-5 and the sample std's < 3.8e-5,
-        # so 3e-4 is > 5 sigma of noise yet far below a wrong init (0.005, or PyTorch's default).
-        assert abs(w.mean().item()) < 3e-4, f"[{name}.weight] mean {w.mean().item()}"
-        assert abs(w.std().item() - 0.01) < 3e-4, f"[{name}.weight] std {w.std().item()}"
-        want = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
-        assert torch.all(layer.bias == want), f"[{name}.bias] should be all {want}"
+        # so 3e-4 is > 5 sigma of noise yet far below a wrong init (0.01 vs 0.005, or PyTorch's default).
+        assert abs(w.mean().item()) < 3e-4, f"[{init} {name}.weight] mean {w.mean().item()}"
+        assert abs(w.std().item() - std) < 3e-4, f"[{init} {name}.weight] std {w.std().item()}, want {std}"
+        want = (1.0 if init == "paper" else 0.1) if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == want), f"[{init} {name}.bias] should be all {want}"
+
+
+def test_unknown_init_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown init 'kaiming'"):
+        AlexNet(init="kaiming")
 
 
 def test_wrong_input_size_is_a_clear_error():

@@ -11,7 +11,8 @@ from PIL import Image
 from alexnet import predict
 from alexnet.checkpoint import load, save
 from alexnet.inference import image_files, load_image, load_trained, run
-from data.dali import DaliLoader, val_plan
+from data.dali import DaliLoader
+from data.plans import val_plan
 from data.folder import load_splits
 pytest_plugins = ["tests.trained"]  # the tiny_run fixture
 

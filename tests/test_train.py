@@ -11,7 +11,7 @@ import torch
 
 from alexnet import checkpoint
 from alexnet.model import AlexNet
-from alexnet.train import get_args_parser, main
+from alexnet.train import apply_recipe, get_args_parser, main
 from data.embedded import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +213,15 @@ def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_da
     with pytest.raises(SystemExit, match="holds no training state .*optimizer.* it can be evaluated with --test-only"):
         run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "weights.pth"), "-b", "4",
                  "--output-dir", str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("flags,want", [
+    ([], dict(batch_size=32, init="caffe")),  # the embedded run's recipe
+    (["--data-path", "/data/imagenet"], dict(batch_size=128, init="paper")),  # the paper's
+    (["-b", "8", "--init", "paper"], dict(batch_size=8, init="paper")),  # flags given win
+    (["--data-path", "d", "--init", "caffe"], dict(batch_size=128, init="caffe")),
+])
+def test_defaults_depend_on_the_data_and_flags_win(flags, want):
+    args = get_args_parser().parse_args(flags)
+    apply_recipe(args)
+    assert {key: getattr(args, key) for key in want} == want
