@@ -179,10 +179,16 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2) -> torch.Tensor:
     return MaxPool2dFunction.apply(x, kernel_size, stride)
 
 
+# (kernel_size, stride): the paper's overlapping pooling, and the non-overlapping one of its ablation
+# (AlexNet(overlap=False)); the window is a compile-time constant, so each is its own build.
+AOT_WINDOWS = ((3, 2), (2, 2))
+
+
 def aot_configs():
     """(label, kernel, args, meta) of every launch max_pool2d_fwd/_bwd make at AlexNet's shapes (kernels.aot)."""
     for label, x in alexnet_activations(((96, 55, 55), (256, 27, 27), (256, 13, 13))):  # pool1, pool2, pool5
-        y, choice, _, args, meta = _fwd_plan(x, 3, 2)
-        yield label, _max_pool_fwd_kernel, args, meta
-        _, _, args, meta = _bwd_plan(torch.empty_like(y), choice, x.shape[2:], 3, 2)
-        yield label, _max_pool_bwd_kernel, args, meta
+        for k, s in AOT_WINDOWS:
+            y, choice, _, args, meta = _fwd_plan(x, k, s)
+            yield f"{label} {k}x{k}/{s}", _max_pool_fwd_kernel, args, meta
+            _, _, args, meta = _bwd_plan(torch.empty_like(y), choice, x.shape[2:], k, s)
+            yield f"{label} {k}x{k}/{s}", _max_pool_bwd_kernel, args, meta
