@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alexnet import fastest
-from alexnet.train import get_args_parser
+from alexnet.train import default_kernels, get_args_parser
 
 
 @pytest.fixture
@@ -72,3 +72,11 @@ def test_a_bad_kernels_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv("ALEXNET_KERNELS", "cudnn")
     with pytest.raises(SystemExit, match="ALEXNET_KERNELS"):
         get_args_parser()
+
+
+def test_a_resumed_run_keeps_the_backend_it_was_trained_with(monkeypatch):
+    monkeypatch.setattr(fastest, "step_seconds", lambda *a: pytest.fail("measured instead of using the checkpoint's"))
+    args = get_args_parser().parse_args(["--resume", "ckpt.pth"])
+    name, why = default_kernels(args, {"args": {"kernels": "compile"}}, torch.device("cpu"), 10, None,
+                                contextlib.nullcontext)
+    assert name == "compile" and "ckpt.pth" in why
