@@ -44,6 +44,10 @@ ODD = {
     "7x7 = image": ((1, 8, 7, 7), (16, 8, 7, 7), 1, 3, 1, True),
     "2x3/4 stride > window": ((3, 5, 8, 9), (10, 5, 2, 3), 4, (0, 1), 1, True),
     "many pixels (wgrad splits)": ((3, 4, 24, 24), (8, 2, 3, 3), 1, 1, 2, True),
+    # space-to-depth (few channels, strided, one group): 18 channels of 3x2 taps; the second crops rows
+    # of x that no window reaches (13 + 1 > 2 * 6) and pads columns
+    "s2d 5x4/(2,3) pad (1,2)": ((2, 3, 13, 14), (5, 3, 5, 4), (2, 3), (1, 2), 1, True),
+    "s2d 4x4/4 cropped": ((1, 2, 18, 17), (7, 2, 4, 4), 4, 0, 1, False),
 }
 
 
@@ -183,25 +187,29 @@ def test_outputs_are_channels_last():
 
 @pytest.mark.parametrize("kernel", list(TILES))
 def test_every_tile(kernel):
-    """Each tile the autotuner can pick on a GPU (the interpreter runs one per shape) gives the same answer."""
+    """Each tile the autotuner can pick on a GPU (the interpreter runs one per shape) gives the same answer,
+    in fp32 (TF32 on a GPU while ALLOW_TF32, so TF32's tolerance then) and in bf16."""
     x_shape, w_shape, *geometry, bias = ODD["3x2/2 g2"]
-    x, w, b = make(x_shape, w_shape, bias, torch.float32)
-    y = reference(x, w, b, *geometry).contiguous(memory_format=torch.channels_last)
-    dy = gradient_like(y)
-    dx, dw, db = reference_grads(x, w, y, dy, *geometry)
-    for tile in TILES[kernel]:
-        if kernel == "fwd":
-            out, grid, args, meta = conv_relu._fwd_plan(x, w, b, *geometry)
-            outs = {"y": (out, y.double())}
-        elif kernel == "dgrad":
-            out, grid, args, meta = conv_relu._dgrad_plan(dy, y, w, x.shape, *geometry)
-            outs = {"dx": (out, dx)}
-        else:
-            dw_out, db_out, grid, args, meta = conv_relu._wgrad_plan(dy, y, x, w.shape, *geometry, bias=True)
-            outs = {"dW": (dw_out, dw), "db": (db_out, db)}
-        getattr(conv_relu, f"_{kernel}_kernel").fn[grid](*args, **meta, **conv_relu._tile_meta(tile))
-        for what, (got, want) in outs.items():
-            assert_close(f"{kernel} tile {tile}.{what}", got, want, *EXACT[3:])
+    for precision in (PRECISIONS[1] if conv_relu.ALLOW_TF32 else EXACT, PRECISIONS[3]):
+        x, w, b = make(x_shape, w_shape, bias, precision[1])
+        y = reference(x.double(), w.double(), b.double(), *geometry).to(x.dtype)
+        y = y.contiguous(memory_format=torch.channels_last)
+        g, _ = conv_relu._relu_mask(gradient_like(y), y, bias=False)
+        dx, dw, _ = reference_grads(x, w, y, g, *geometry)
+        tiles = conv_relu.usable_tiles(kernel, x.dtype, 1 << 20, 1 << 20)  # every tile: any side fits, all divide
+        assert len(tiles) == len(TILES[kernel]), f"[{kernel}] tiles {tiles}"
+        for tile in tiles:
+            if kernel == "fwd":
+                out, grid, args, meta = conv_relu._fwd_plan(x, w, b, *geometry)
+                want = reference(x.double(), w.double(), b.double(), *geometry)
+            elif kernel == "dgrad":
+                out, grid, args, meta = conv_relu._dgrad_plan(g, w, x.shape, *geometry)
+                want = dx
+            else:
+                out, grid, args, meta = conv_relu._wgrad_plan(g, x, w.shape, *geometry)
+                want = dw
+            getattr(conv_relu, f"_{kernel}_kernel").fn[grid](*args, **meta, **conv_relu._tile_meta(tile))
+            assert_close(f"{kernel} tile {tile} {precision[0]}", out, want, *precision[3:])
 
 
 def test_wgrad_splits_the_reduction(monkeypatch):
@@ -212,6 +220,40 @@ def test_wgrad_splits_the_reduction(monkeypatch):
     x_shape, w_shape, stride, padding, groups, bias = ODD["many pixels (wgrad splits)"]
     check("many pixels", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
     assert splits and max(splits) > 1, f"[wgrad] splits {splits}: the reduction was never split"
+
+
+def test_conv1_runs_as_a_stride_one_convolution_over_48_channels():
+    x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    taps, size = conv_relu._space_to_depth((128, *x_shape), w_shape, stride, padding, groups)
+    assert (taps, size) == ((3, 3), (57, 57)), f"[conv1] space-to-depth form {taps} taps over {size}"
+    for name in ("conv2", "conv3", "conv4", "conv5"):
+        x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS[name]
+        assert conv_relu._space_to_depth((1, *x_shape), w_shape, stride, padding, groups) is None, f"[{name}]"
+
+
+def test_strided_conv1_without_space_to_depth(monkeypatch):
+    """The direct strided kernels (every dgrad stride phase) at conv1's window, the other path of conv1."""
+    monkeypatch.setattr(conv_relu, "S2D_MAX_CHANNELS", 0)
+    _, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    x, w, b = make((1, 3, 31, 31), w_shape, True, torch.float32)
+    check("conv1 direct at 31x31", x, w, b, stride, padding, groups)
+
+
+def test_64_bit_indexing_path(monkeypatch):
+    """The int64 offsets taken when a tensor spans 2^31 elements (too big to test here) give the same answer."""
+    monkeypatch.setattr(conv_relu, "_index_64", lambda *tensors: True)
+    x_shape, w_shape, stride, padding, groups, bias = ODD["5x4/(2,3) g3 pad3"]
+    check("INDEX_64", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
+
+
+def test_nan_propagates_like_relu_of_conv2d():
+    x, w, b = make((1, 4, 6, 6), (6, 4, 3, 3), True, torch.float32)
+    x[0, 1, 2, 3] = float("nan")
+    got, want = conv2d_relu(x, w, b, 1, 1), reference(x, w, b, 1, 1)
+    assert torch.equal(got.isnan(), want.isnan()) and want.isnan().any(), \
+        f"[y] NaN at {got.isnan().nonzero().tolist()}, reference at {want.isnan().nonzero().tolist()}"
+    ok = ~want.isnan()
+    assert_close("y (not NaN)", got[ok], want[ok].double(), *EXACT[3:])
 
 
 def test_the_triton_backend_uses_it_and_shapes_are_alexnets():
