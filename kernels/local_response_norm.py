@@ -37,6 +37,8 @@ d^(-1.75) = d^(-0.75) * r^2: two MUFU ops (rsqrt.approx, sqrt.approx, a few ulp 
 beta takes exp2(-beta * log2(d)) with Triton's accurate log2 (a libdevice polynomial): slower, exact.
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -119,12 +121,39 @@ def _store_chunk(img, row, pos_ok, c0, C, sc, chunk, VEC: tl.constexpr, CHANNELS
 
 
 @triton.jit
-def _denominator(a, j: tl.constexpr, alpha, k, BEFORE: tl.constexpr, AFTER: tl.constexpr):
-    """d for the channel at index j of the tuple a (which holds a[j - BEFORE] .. a[j + AFTER])."""
-    s = a[j - BEFORE] * a[j - BEFORE]
-    for m in tl.static_range(j - BEFORE + 1, j + AFTER + 1):
-        s += a[m] * a[m]
-    return k + alpha * s
+def _squares_and_pairs(a, COUNT: tl.constexpr):
+    """(q, pairs): q[m] = a[m]^2 and pairs[e] = q[2e] + q[2e + 1] for the first COUNT entries of a
+    (the compiler drops the ones no window uses)."""
+    q = ()
+    for m in tl.static_range(COUNT):
+        q += (a[m] * a[m],)
+    return q, _pair_sums(q, COUNT)
+
+
+@triton.jit
+def _pair_sums(q, COUNT: tl.constexpr):
+    pairs = ()
+    for e in tl.static_range(COUNT // 2):
+        pairs += (q[2 * e] + q[2 * e + 1],)
+    return pairs
+
+
+@triton.jit
+def _window_sum(q, pairs, LO: tl.constexpr, HI: tl.constexpr):
+    """q[LO] + ... + q[HI] from the aligned pair sums: neighbouring windows share their pairs, so a
+    window of n costs about n / 2 + 1 adds instead of n - 1 (exact: only the order of the sum differs)."""
+    if HI == LO:
+        s = q[LO]
+    else:
+        if LO % 2 == 1:
+            s = q[LO]
+        else:
+            s = pairs[LO // 2]
+        for e in tl.static_range((LO + 1) // 2 + 1 - LO % 2, (HI - 1) // 2 + 1):
+            s += pairs[e]
+        if HI % 2 == 0:
+            s += q[HI]
+    return s
 
 
 @triton.jit
@@ -164,8 +193,9 @@ def _lrn_fwd_kernel(
     for t in range(0, tl.cdiv(C, VEC)):
         win += _load_chunk(x_img, x_row, pos_ok, (t + KA) * VEC, C, sxc, VEC, CHANNELS_LAST)
         out = ()
+        q, pairs = _squares_and_pairs(win, (KB + KA + 1) * VEC)
         for v in tl.static_range(VEC):  # channel t * VEC + v, win[KB * VEC + v]
-            d = _denominator(win, KB * VEC + v, alpha, k, BEFORE, AFTER)
+            d = k + alpha * _window_sum(q, pairs, KB * VEC + v - BEFORE, KB * VEC + v + AFTER)
             if BETA_075:
                 r = tl.math.rsqrt(d)
                 out += (win[KB * VEC + v] * (r * tl.sqrt(r)),)
@@ -180,13 +210,14 @@ def _lrn_fwd_kernel(
 
 @triton.jit
 def _lrn_bwd_terms(a, g, c0, C, alpha, beta, k, BEFORE: tl.constexpr, AFTER: tl.constexpr,
-                   VEC: tl.constexpr, KB: tl.constexpr, BETA_075: tl.constexpr):
+                   VEC: tl.constexpr, KB: tl.constexpr, BETA_075: tl.constexpr, MASK_TERMS: tl.constexpr):
     """For the chunk of channels c0 .. c0 + VEC - 1: T_i = g_i a_i d_i^(-beta-1) (0 past C - 1) and
     g_i d_i^(-beta). a holds a from channel c0 - KB * VEC on; g holds the chunk's g."""
     terms = ()
     direct = ()
+    q, pairs = _squares_and_pairs(a, (KB + 1) * VEC + AFTER)
     for v in tl.static_range(VEC):  # channel c0 + v, a[KB * VEC + v]
-        d = _denominator(a, KB * VEC + v, alpha, k, BEFORE, AFTER)
+        d = k + alpha * _window_sum(q, pairs, KB * VEC + v - BEFORE, KB * VEC + v + AFTER)
         if BETA_075:
             r = tl.math.rsqrt(d)
             p = r * tl.sqrt(r)  # d^(-0.75)
@@ -194,7 +225,10 @@ def _lrn_bwd_terms(a, g, c0, C, alpha, beta, k, BEFORE: tl.constexpr, AFTER: tl.
         else:
             p1 = tl.exp2((-beta - 1.0) * tl.log2(d))
             p = d * p1
-        terms += (tl.where(c0 + v < C, g[v] * a[KB * VEC + v] * p1, 0.0),)  # where: d of a missing channel may be 0
+        term = g[v] * a[KB * VEC + v] * p1  # g = a = 0 past channel C - 1
+        if MASK_TERMS:  # ... but p1 may be inf there (see _terms_need_mask)
+            term = tl.where(c0 + v < C, term, 0.0)
+        terms += (term,)
         direct += (g[v] * p,)
     return terms, direct
 
@@ -207,7 +241,7 @@ def _lrn_bwd_kernel(
     C, L, sxn, sxc, sxl, sgn, sgc, sgl, sdn, sdc, sdl,
     alpha, beta, k,
     SIZE: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, BETA_075: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BETA_075: tl.constexpr, MASK_TERMS: tl.constexpr = False,
 ):
     BEFORE: tl.constexpr = SIZE // 2
     AFTER: tl.constexpr = (SIZE - 1) // 2
@@ -236,7 +270,7 @@ def _lrn_bwd_kernel(
         for m in tl.static_range(u * VEC, (u + KB + KA + 1) * VEC):
             a_u += (a_pro[m],)
         g_u = _load_chunk(dy_img, dy_row, pos_ok, u * VEC, C, sgc, VEC, CHANNELS_LAST)
-        terms, direct = _lrn_bwd_terms(a_u, g_u, u * VEC, C, alpha, beta, k, BEFORE, AFTER, VEC, KB, BETA_075)
+        terms, direct = _lrn_bwd_terms(a_u, g_u, u * VEC, C, alpha, beta, k, BEFORE, AFTER, VEC, KB, BETA_075, MASK_TERMS)
         t_win += terms
         gp_win += direct
     a_win = ()
@@ -247,15 +281,14 @@ def _lrn_bwd_kernel(
         a_win += _load_chunk(x_img, x_row, pos_ok, (t + KB + KA) * VEC, C, sxc, VEC, CHANNELS_LAST)
         g_u = _load_chunk(dy_img, dy_row, pos_ok, (t + KB) * VEC, C, sgc, VEC, CHANNELS_LAST)
         terms, direct = _lrn_bwd_terms(a_win, g_u, (t + KB) * VEC, C, alpha, beta, k,
-                                       BEFORE, AFTER, VEC, KB, BETA_075)
+                                       BEFORE, AFTER, VEC, KB, BETA_075, MASK_TERMS)
         t_win += terms
         gp_win += direct
         # dL/da of chunk t: its a is a_win's first chunk; T of its neighbours t_win[KA * VEC + v + e]
         dx = ()
+        t_pairs = _pair_sums(t_win, (KA + KB + 1) * VEC)
         for v in tl.static_range(VEC):  # channel t * VEC + v, t_win[KA * VEC + v]
-            neighbours = t_win[KA * VEC + v - AFTER]
-            for m in tl.static_range(KA * VEC + v - AFTER + 1, KA * VEC + v + BEFORE + 1):
-                neighbours += t_win[m]
+            neighbours = _window_sum(t_win, t_pairs, KA * VEC + v - AFTER, KA * VEC + v + BEFORE)
             dx += (gp_win[v] - (2.0 * alpha * beta) * a_win[v] * neighbours,)
         _store_chunk(dx_img, dx_row, pos_ok, t * VEC, C, sdc, dx, VEC, CHANNELS_LAST)
         kept_a = ()
@@ -287,6 +320,13 @@ def _grid_and_meta(x3: torch.Tensor, size: int, config: tuple[int, int], beta: f
     meta = dict(SIZE=size, VEC=vec, BLOCK_P=block_p, CHANNELS_LAST=channels_last, BETA_075=beta == 0.75,
                 num_warps=warps)
     return (N * triton.cdiv(L, block_p),), meta
+
+
+def _terms_need_mask(alpha, beta, k) -> bool:
+    """Whether the backward must zero T_i of channels past the end (MASK_TERMS). There g = a = 0, so
+    T = 0 * d^(-beta-1) is 0 unless the power is inf or NaN; with alpha >= 0, d >= k, and d^(-beta-1)
+    stays finite when k is a normal positive float, beta >= -1 and k^(-beta-1) < 2^120."""
+    return not (alpha >= 0 and k >= 2.0**-100 and beta >= -1 and (-beta - 1) * math.log2(k) < 120)
 
 
 def _check_offsets(name, x3):
@@ -330,7 +370,8 @@ def lrn_bwd(dy: torch.Tensor, x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=
         for name, t in (("x", x3), ("dy", dy3)):
             _check_offsets(name, t)
         grid, meta = _grid_and_meta(x3, size, BWD_CONFIG, beta)
-        _lrn_bwd_kernel[grid](*_bwd_args(x3, dy3, dx3, alpha, beta, k), **meta)
+        _lrn_bwd_kernel[grid](*_bwd_args(x3, dy3, dx3, alpha, beta, k), **meta,
+                              MASK_TERMS=_terms_need_mask(alpha, beta, k))
     return dx3.unflatten(2, x.shape[2:])
 
 
