@@ -8,31 +8,160 @@ paper's odd n it is i - n/2 .. i + n/2), clipped to [0, N):
 
 alpha is the paper's: NOT divided by n (F.local_response_norm divides it; see kernels.torch_ops).
 Backward, with g = dL/db: a_j enters b_j directly and every d_i whose window holds j, i.e.
-i in [j - A, j + B], so
+i in [j - A, j + B], so, with T_i = g_i a_i d_i^(-beta-1),
 
-    dL/da_j = g_j d_j^(-beta) - 2 alpha beta a_j sum_{i=j-A}^{j+B} g_i a_i d_i^(-beta-1)
+    dL/da_j = g_j d_j^(-beta) - 2 alpha beta a_j sum_{i=j-A}^{j+B} T_i
 
 The backward saves only `a` (the input): it recomputes every d_i from the neighbouring a's,
 which it reads anyway, so saving d or b would only add a tensor's worth of HBM writes (forward)
-and reads (backward) to a memory-bound op. It is one pass: each program reads the a and g it
-needs (the neighbours' repeat reads hit L1/L2) and writes dL/da once.
+and reads (backward) to a memory-bound op.
 
-The kernels see the tensor as [N, C, L] with L = H * W positions (merging H and W is a view for
-NCHW, channels_last and channel/batch slices; other layouts are copied first). Each program
-takes BLOCK_P positions of one image and walks the channels in blocks of BLOCK_C.
+Both kernels are one pass of a sliding window over the channels. The tensor is seen as [N, C, L]
+with L = H * W positions (merging H and W is a view for NCHW, channels_last and channel/batch
+slices; other layouts are copied first). Each thread owns one position and walks its channels in
+chunks of VEC, keeping the last few chunks in registers, so every a and g is loaded once and every
+d_i, d_i^(-beta), T_i is computed once per element (the old kernels recomputed SIZE windows and
+SIZE powers per element in the backward). The window lags the loads by whole chunks: the forward
+writes chunk t after loading chunk t + KA (KA = ceil(A / VEC) chunks of look-ahead, KB = ceil(B / VEC)
+of look-behind); the backward computes T for chunk t + KB (which needs a up to chunk t + KB + KA)
+and then dL/da for chunk t. Channels outside [0, C) are zeros (masked loads; T forced to 0 there).
+
+In channels_last the chunk is one 16-byte vector of the thread's own position (8 bf16/fp16 or 4 fp32
+channels, a [BLOCK_P, VEC] tile whose channel axis lies within the thread) split into VEC registers
+with tl.split and joined back for one 16-byte store; in NCHW (positions contiguous) a chunk is VEC
+coalesced row loads. Offsets within an image are 32-bit (the launcher checks they fit); only the
+image offset n * stride_n is 64-bit.
+
+Powers: for the paper's beta = 0.75 (BETA_075), r = rsqrt(d) and d^(-0.75) = r * sqrt(r),
+d^(-1.75) = d^(-0.75) * r^2: two MUFU ops (rsqrt.approx, sqrt.approx, a few ulp of fp32). Any other
+beta takes exp2(-beta * log2(d)) with Triton's accurate log2 (a libdevice polynomial): slower, exact.
 """
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.nchw import alexnet_activations, check_activation, check_positive_int, tile_shape
+from kernels.nchw import alexnet_activations, check_activation, check_positive_int
 
-# (elements per [BLOCK_C, BLOCK_P] tile, warps): 16 elements a thread forward, 4 backward, which
-# holds 2 * SIZE - 1 tiles of a at once
-FWD_CONFIG = (2048, 4)
-BWD_CONFIG = (1024, 8)
+# (warps, channels a trip in NCHW): a program takes BLOCK_P = 32 * warps positions of one image,
+# one a thread, and all its channels; a trip of the channel loop takes one 16-byte vector of channels
+# in channels_last (8 bf16/fp16, 4 fp32) and this many row loads in NCHW
+FWD_CONFIG = (4, 4)
+BWD_CONFIG = (4, 4)
+
+
+@triton.jit
+def _split(t, VEC: tl.constexpr):
+    """[P, VEC] tile (channel axis within the thread) -> tuple of VEC [P] tensors, in channel order."""
+    if VEC == 1:
+        return (tl.reshape(t, [t.shape[0]]),)
+    elif VEC == 2:
+        c0, c1 = tl.split(t)
+        return c0, c1
+    elif VEC == 4:
+        even, odd = tl.split(tl.reshape(t, [t.shape[0], 2, 2]))  # channel = 2 * i + bit
+        c0, c2 = tl.split(even)
+        c1, c3 = tl.split(odd)
+        return c0, c1, c2, c3
+    else:
+        tl.static_assert(VEC == 8, "VEC must be 1, 2, 4 or 8")
+        even, odd = tl.split(tl.reshape(t, [t.shape[0], 4, 2]))
+        e0, e1 = tl.split(tl.reshape(even, [t.shape[0], 2, 2]))
+        o0, o1 = tl.split(tl.reshape(odd, [t.shape[0], 2, 2]))
+        c0, c4 = tl.split(e0)
+        c2, c6 = tl.split(e1)
+        c1, c5 = tl.split(o0)
+        c3, c7 = tl.split(o1)
+        return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _join(v, VEC: tl.constexpr):
+    """Inverse of _split: a tuple of VEC [P] tensors -> [P, VEC] tile."""
+    if VEC == 1:
+        return tl.reshape(v[0], [v[0].shape[0], 1])
+    elif VEC == 2:
+        return tl.join(v[0], v[1])
+    elif VEC == 4:
+        return tl.reshape(tl.join(tl.join(v[0], v[2]), tl.join(v[1], v[3])), [v[0].shape[0], 4])
+    else:
+        even = tl.reshape(tl.join(tl.join(v[0], v[4]), tl.join(v[2], v[6])), [v[0].shape[0], 4])
+        odd = tl.reshape(tl.join(tl.join(v[1], v[5]), tl.join(v[3], v[7])), [v[0].shape[0], 4])
+        return tl.reshape(tl.join(even, odd), [v[0].shape[0], 8])
+
+
+@triton.jit
+def _load_chunk(img, row, pos_ok, c0, C, sc, VEC: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """fp32 a[c0 : c0 + VEC] at the program's positions (0 past channel C - 1), a tuple of VEC [P]
+    tensors. img: the image's base pointer; row: [P] int32 offsets of the positions (pos * sl)."""
+    if CHANNELS_LAST:  # sc == 1 (specialised): a [P, VEC] tile of 16-byte vectors, one per thread
+        c = c0 + tl.arange(0, VEC)
+        tile = tl.load(img + (row[:, None] + c[None, :] * sc), mask=pos_ok[:, None] & (c < C)[None, :], other=0.0)
+        return _split(tile.to(tl.float32), VEC)
+    else:
+        chunk = ()
+        for v in tl.static_range(VEC):
+            chunk += (tl.load(img + (row + (c0 + v) * sc), mask=pos_ok & (c0 + v < C), other=0.0).to(tl.float32),)
+        return chunk
+
+
+@triton.jit
+def _store_chunk(img, row, pos_ok, c0, C, sc, chunk, VEC: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """Store the tuple of VEC fp32 [P] tensors `chunk` as img's channels c0 .. c0 + VEC - 1 (one cast)."""
+    if CHANNELS_LAST:
+        c = c0 + tl.arange(0, VEC)
+        tile = _join(chunk, VEC).to(img.dtype.element_ty)
+        tl.store(img + (row[:, None] + c[None, :] * sc), tile, mask=pos_ok[:, None] & (c < C)[None, :])
+    else:
+        for v in tl.static_range(VEC):
+            tl.store(img + (row + (c0 + v) * sc), chunk[v].to(img.dtype.element_ty), mask=pos_ok & (c0 + v < C))
+
+
+@triton.jit
+def _squares_and_pairs(a, COUNT: tl.constexpr):
+    """(q, pairs): q[m] = a[m]^2 and pairs[e] = q[2e] + q[2e + 1] for the first COUNT entries of a
+    (the compiler drops the ones no window uses)."""
+    q = ()
+    for m in tl.static_range(COUNT):
+        q += (a[m] * a[m],)
+    return q, _pair_sums(q, COUNT)
+
+
+@triton.jit
+def _pair_sums(q, COUNT: tl.constexpr):
+    pairs = ()
+    for e in tl.static_range(COUNT // 2):
+        pairs += (q[2 * e] + q[2 * e + 1],)
+    return pairs
+
+
+@triton.jit
+def _window_sum(q, pairs, LO: tl.constexpr, HI: tl.constexpr):
+    """q[LO] + ... + q[HI] from the aligned pair sums: neighbouring windows share their pairs, so a
+    window of n costs about n / 2 + 1 adds instead of n - 1 (exact: only the order of the sum differs)."""
+    if HI == LO:
+        s = q[LO]
+    else:
+        if LO % 2 == 1:
+            s = q[LO]
+        else:
+            s = pairs[LO // 2]
+        for e in tl.static_range((LO + 1) // 2 + 1 - LO % 2, (HI - 1) // 2 + 1):
+            s += pairs[e]
+        if HI % 2 == 0:
+            s += q[HI]
+    return s
+
+
+@triton.jit
+def _zeros(P: tl.constexpr, COUNT: tl.constexpr):
+    z = ()
+    for _ in tl.static_range(COUNT):
+        z += (tl.zeros([P], dtype=tl.float32),)
+    return z
 
 
 @triton.jit
@@ -41,27 +170,67 @@ def _lrn_fwd_kernel(
     y_ptr,  # [N, C, L] output b, strides (syn, syc, syl)
     C, L, sxn, sxc, sxl, syn, syc, syl,
     alpha, beta, k,
-    SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    SIZE: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BETA_075: tl.constexpr,
 ):
+    BEFORE: tl.constexpr = SIZE // 2
+    AFTER: tl.constexpr = (SIZE - 1) // 2
+    KB: tl.constexpr = (BEFORE + VEC - 1) // VEC  # chunks of look-behind
+    KA: tl.constexpr = (AFTER + VEC - 1) // VEC  # chunks of look-ahead
     blocks_per_image = tl.cdiv(L, BLOCK_P)
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     n = pid // blocks_per_image
     pos = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
     pos_ok = pos < L
-    x_img = x_ptr + n * sxn + pos[None, :] * sxl
-    y_img = y_ptr + n * syn + pos[None, :] * syl
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        sumsq = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        for d in tl.static_range(-(SIZE // 2), (SIZE - 1) // 2 + 1):
-            ok = (c + d >= 0) & (c + d < C)
-            a = tl.load(x_img + (c + d)[:, None] * sxc, mask=ok[:, None] & pos_ok[None, :], other=0.0)
-            a = a.to(tl.float32)
-            sumsq += a * a
-            if d == 0:
-                center = a
-        b = center * tl.exp2(-beta * tl.log2(k + alpha * sumsq))
-        tl.store(y_img + c[:, None] * syc, b.to(y_ptr.dtype.element_ty), mask=(c < C)[:, None] & pos_ok[None, :])
+    x_img = x_ptr + n.to(tl.int64) * sxn
+    y_img = y_ptr + n.to(tl.int64) * syn
+    x_row = pos * sxl
+    y_row = pos * syl
+    # win: a at channels (t - KB) * VEC .. (t + KA) * VEC - 1 before trip t loads chunk t + KA
+    win = _zeros(BLOCK_P, KB * VEC)
+    for u in tl.static_range(KA):
+        win += _load_chunk(x_img, x_row, pos_ok, u * VEC, C, sxc, VEC, CHANNELS_LAST)
+    for t in range(0, tl.cdiv(C, VEC)):
+        win += _load_chunk(x_img, x_row, pos_ok, (t + KA) * VEC, C, sxc, VEC, CHANNELS_LAST)
+        out = ()
+        q, pairs = _squares_and_pairs(win, (KB + KA + 1) * VEC)
+        for v in tl.static_range(VEC):  # channel t * VEC + v, win[KB * VEC + v]
+            d = k + alpha * _window_sum(q, pairs, KB * VEC + v - BEFORE, KB * VEC + v + AFTER)
+            if BETA_075:
+                r = tl.math.rsqrt(d)
+                out += (win[KB * VEC + v] * (r * tl.sqrt(r)),)
+            else:
+                out += (win[KB * VEC + v] * tl.exp2(-beta * tl.log2(d)),)
+        _store_chunk(y_img, y_row, pos_ok, t * VEC, C, syc, out, VEC, CHANNELS_LAST)
+        kept = ()
+        for m in tl.static_range(VEC, (KB + KA + 1) * VEC):
+            kept += (win[m],)
+        win = kept
+
+
+@triton.jit
+def _lrn_bwd_terms(a, g, c0, C, alpha, beta, k, BEFORE: tl.constexpr, AFTER: tl.constexpr,
+                   VEC: tl.constexpr, KB: tl.constexpr, BETA_075: tl.constexpr, MASK_TERMS: tl.constexpr):
+    """For the chunk of channels c0 .. c0 + VEC - 1: T_i = g_i a_i d_i^(-beta-1) (0 past C - 1) and
+    g_i d_i^(-beta). a holds a from channel c0 - KB * VEC on; g holds the chunk's g."""
+    terms = ()
+    direct = ()
+    q, pairs = _squares_and_pairs(a, (KB + 1) * VEC + AFTER)
+    for v in tl.static_range(VEC):  # channel c0 + v, a[KB * VEC + v]
+        d = k + alpha * _window_sum(q, pairs, KB * VEC + v - BEFORE, KB * VEC + v + AFTER)
+        if BETA_075:
+            r = tl.math.rsqrt(d)
+            p = r * tl.sqrt(r)  # d^(-0.75)
+            p1 = p * (r * r)  # d^(-1.75)
+        else:
+            p1 = tl.exp2((-beta - 1.0) * tl.log2(d))
+            p = d * p1
+        term = g[v] * a[KB * VEC + v] * p1  # g = a = 0 past channel C - 1
+        if MASK_TERMS:  # ... but p1 may be inf there (see _terms_need_mask)
+            term = tl.where(c0 + v < C, term, 0.0)
+        terms += (term,)
+        direct += (g[v] * p,)
+    return terms, direct
 
 
 @triton.jit
@@ -71,40 +240,69 @@ def _lrn_bwd_kernel(
     dx_ptr,  # [N, C, L] output dL/da, strides (sdn, sdc, sdl)
     C, L, sxn, sxc, sxl, sgn, sgc, sgl, sdn, sdc, sdl,
     alpha, beta, k,
-    SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    SIZE: tl.constexpr, VEC: tl.constexpr, BLOCK_P: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BETA_075: tl.constexpr, MASK_TERMS: tl.constexpr = False,
 ):
     BEFORE: tl.constexpr = SIZE // 2
     AFTER: tl.constexpr = (SIZE - 1) // 2
+    KB: tl.constexpr = (BEFORE + VEC - 1) // VEC
+    KA: tl.constexpr = (AFTER + VEC - 1) // VEC
     blocks_per_image = tl.cdiv(L, BLOCK_P)
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     n = pid // blocks_per_image
     pos = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
     pos_ok = pos < L
-    x_img = x_ptr + n * sxn + pos[None, :] * sxl
-    dy_img = dy_ptr + n * sgn + pos[None, :] * sgl
-    dx_img = dx_ptr + n * sdn + pos[None, :] * sdl
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        # a at channel offsets -(A+B)..A+B from c: every a the windows below need, each loaded once
-        a_near = ()
-        for t in tl.static_range(-(AFTER + BEFORE), AFTER + BEFORE + 1):
-            ok = ((c + t >= 0) & (c + t < C))[:, None] & pos_ok[None, :]
-            a_near += (tl.load(x_img + (c + t)[:, None] * sxc, mask=ok, other=0.0).to(tl.float32),)
-        neighbours = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)  # sum_i g_i a_i d_i^(-beta-1)
-        for e in tl.static_range(-AFTER, BEFORE + 1):  # i = c + e: every channel whose window holds c
-            i_ok = ((c + e >= 0) & (c + e < C))[:, None] & pos_ok[None, :]
-            sumsq = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-            for d in tl.static_range(-BEFORE, AFTER + 1):
-                sumsq += a_near[AFTER + BEFORE + e + d] * a_near[AFTER + BEFORE + e + d]
-            a_i = a_near[AFTER + BEFORE + e]
-            g_i = tl.load(dy_img + (c + e)[:, None] * sgc, mask=i_ok, other=0.0).to(tl.float32)
-            denom = k + alpha * sumsq
-            pow_i = tl.exp2((-beta - 1.0) * tl.log2(denom))  # d_i^(-beta-1)
-            neighbours += tl.where(i_ok, g_i * a_i * pow_i, 0.0)  # where: d_i of a missing channel may be 0
-            if e == 0:
-                g_j, scale_j = g_i, denom * pow_i  # d_j^(-beta)
-        dx = g_j * scale_j - 2.0 * alpha * beta * a_near[AFTER + BEFORE] * neighbours
-        tl.store(dx_img + c[:, None] * sdc, dx.to(dx_ptr.dtype.element_ty), mask=(c < C)[:, None] & pos_ok[None, :])
+    x_img = x_ptr + n.to(tl.int64) * sxn
+    dy_img = dy_ptr + n.to(tl.int64) * sgn
+    dx_img = dx_ptr + n.to(tl.int64) * sdn
+    x_row = pos * sxl
+    dy_row = pos * sgl
+    dx_row = pos * sdl
+    # Before trip t: a_win = a at chunks t .. t + KB + KA - 1; t_win = T at chunks t - KA .. t + KB - 1;
+    # gp_win = g d^(-beta) at chunks t .. t + KB - 1. The prologue fills them for t = 0.
+    a_pro = _zeros(BLOCK_P, KB * VEC)
+    for u in tl.static_range(KB + KA):
+        a_pro += _load_chunk(x_img, x_row, pos_ok, u * VEC, C, sxc, VEC, CHANNELS_LAST)
+    t_win = _zeros(BLOCK_P, KA * VEC)
+    gp_win = ()
+    for u in tl.static_range(KB):
+        a_u = ()
+        for m in tl.static_range(u * VEC, (u + KB + KA + 1) * VEC):
+            a_u += (a_pro[m],)
+        g_u = _load_chunk(dy_img, dy_row, pos_ok, u * VEC, C, sgc, VEC, CHANNELS_LAST)
+        terms, direct = _lrn_bwd_terms(a_u, g_u, u * VEC, C, alpha, beta, k, BEFORE, AFTER, VEC, KB, BETA_075, MASK_TERMS)
+        t_win += terms
+        gp_win += direct
+    a_win = ()
+    for m in tl.static_range(KB * VEC, (2 * KB + KA) * VEC):
+        a_win += (a_pro[m],)
+    for t in range(0, tl.cdiv(C, VEC)):
+        # T and g d^(-beta) of chunk t + KB, from a at chunks t .. t + KB + KA
+        a_win += _load_chunk(x_img, x_row, pos_ok, (t + KB + KA) * VEC, C, sxc, VEC, CHANNELS_LAST)
+        g_u = _load_chunk(dy_img, dy_row, pos_ok, (t + KB) * VEC, C, sgc, VEC, CHANNELS_LAST)
+        terms, direct = _lrn_bwd_terms(a_win, g_u, (t + KB) * VEC, C, alpha, beta, k,
+                                       BEFORE, AFTER, VEC, KB, BETA_075, MASK_TERMS)
+        t_win += terms
+        gp_win += direct
+        # dL/da of chunk t: its a is a_win's first chunk; T of its neighbours t_win[KA * VEC + v + e]
+        dx = ()
+        t_pairs = _pair_sums(t_win, (KA + KB + 1) * VEC)
+        for v in tl.static_range(VEC):  # channel t * VEC + v, t_win[KA * VEC + v]
+            neighbours = _window_sum(t_win, t_pairs, KA * VEC + v - AFTER, KA * VEC + v + BEFORE)
+            dx += (gp_win[v] - (2.0 * alpha * beta) * a_win[v] * neighbours,)
+        _store_chunk(dx_img, dx_row, pos_ok, t * VEC, C, sdc, dx, VEC, CHANNELS_LAST)
+        kept_a = ()
+        for m in tl.static_range(VEC, (KB + KA + 1) * VEC):
+            kept_a += (a_win[m],)
+        a_win = kept_a
+        kept_t = ()
+        for m in tl.static_range(VEC, (KA + KB + 1) * VEC):
+            kept_t += (t_win[m],)
+        t_win = kept_t
+        kept_gp = ()
+        for m in tl.static_range(VEC, (KB + 1) * VEC):
+            kept_gp += (gp_win[m],)
+        gp_win = kept_gp
 
 
 def _check(name, x, size):
@@ -112,12 +310,31 @@ def _check(name, x, size):
     check_positive_int("lrn", "size", size)
 
 
-def _grid_and_meta(x3: torch.Tensor, size: int, config: tuple[int, int]):
+def _grid_and_meta(x3: torch.Tensor, size: int, config: tuple[int, int], beta: float = 0.75):
     """Grid and compile-time parameters of a kernel on [N, C, L]: the launchers and kernels.aot share it."""
     N, C, L = x3.shape
-    tile, warps = config
-    block_c, block_p = tile_shape(C, L, channels_contiguous=x3.stride(1) == 1, elements=tile)
-    return (N * triton.cdiv(L, block_p),), dict(SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    warps, nchw_vec = config
+    channels_last = x3.stride(1) == 1 and C > 1
+    vec = 16 // x3.element_size() if channels_last else nchw_vec
+    block_p = min(32 * warps, max(16, triton.next_power_of_2(L)))
+    meta = dict(SIZE=size, VEC=vec, BLOCK_P=block_p, CHANNELS_LAST=channels_last, BETA_075=beta == 0.75,
+                num_warps=warps)
+    return (N * triton.cdiv(L, block_p),), meta
+
+
+def _terms_need_mask(alpha, beta, k) -> bool:
+    """Whether the backward must zero T_i of channels past the end (MASK_TERMS). There g = a = 0, so
+    T = 0 * d^(-beta-1) is 0 unless the power is inf or NaN; with alpha >= 0, d >= k, and d^(-beta-1)
+    stays finite when k is a normal positive float, beta >= -1 and k^(-beta-1) < 2^120."""
+    return not (alpha >= 0 and k >= 2.0**-100 and beta >= -1 and (-beta - 1) * math.log2(k) < 120)
+
+
+def _check_offsets(name, x3):
+    """The kernels index within an image in int32 (the image offset n * stride_n is int64)."""
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(x3.shape[1:], x3.stride()[1:]))
+    if extent + 16 >= 2**31:
+        raise ValueError(f"lrn: {name} has an image of {tuple(x3.shape[1:])} with strides "
+                         f"{tuple(x3.stride()[1:])}: offsets within one image must fit in int32")
 
 
 def _fwd_args(x3, y3, alpha, beta, k):
@@ -135,7 +352,8 @@ def lrn_fwd(x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tens
     x3 = x.flatten(2)  # [N, C, H*W]: a view unless H and W cannot merge
     y3 = torch.empty_like(x3)
     if x3.numel():
-        grid, meta = _grid_and_meta(x3, size, FWD_CONFIG)
+        _check_offsets("x", x3)
+        grid, meta = _grid_and_meta(x3, size, FWD_CONFIG, beta)
         _lrn_fwd_kernel[grid](*_fwd_args(x3, y3, alpha, beta, k), **meta)
     return y3.unflatten(2, x.shape[2:])
 
@@ -149,8 +367,11 @@ def lrn_bwd(dy: torch.Tensor, x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=
     x3, dy3 = x.flatten(2), dy.flatten(2)
     dx3 = torch.empty_like(x3)
     if x3.numel():
-        grid, meta = _grid_and_meta(x3, size, BWD_CONFIG)
-        _lrn_bwd_kernel[grid](*_bwd_args(x3, dy3, dx3, alpha, beta, k), **meta)
+        for name, t in (("x", x3), ("dy", dy3)):
+            _check_offsets(name, t)
+        grid, meta = _grid_and_meta(x3, size, BWD_CONFIG, beta)
+        _lrn_bwd_kernel[grid](*_bwd_args(x3, dy3, dx3, alpha, beta, k), **meta,
+                              MASK_TERMS=_terms_need_mask(alpha, beta, k))
     return dx3.unflatten(2, x.shape[2:])
 
 

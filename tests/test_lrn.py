@@ -89,6 +89,26 @@ def test_parameters(size, alpha, beta, k):
               size=size, alpha=alpha, beta=beta, k=k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size, beta", [(2, 0.75), (9, 0.75), (17, 1.25), (6, 0.75)])
+def test_channel_window_across_chunks_channels_last(size, beta, dtype):
+    """channels_last walks the channels in 16-byte chunks (4 fp32, 8 bf16) with ceil(size/2 / chunk)
+    chunks of look-behind and look-ahead: windows spanning one, two and three chunks, C (13) not a
+    multiple of the chunk, even sizes, and the general-beta path."""
+    x = activations((2, 13, 3, 2), dtype).contiguous(memory_format=torch.channels_last)
+    check_lrn(f"lrn.channels_last(size={size}, beta={beta})", x, torch.randn(x.shape).to(dtype),
+              size=size, alpha=1e-4, beta=beta, k=2.0)
+
+
+# the interpreter warns about the 0 * inf it computes for the missing channels before masking them
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply", "ignore:invalid value encountered in multiply")
+def test_tiny_k_masks_the_terms_past_the_last_channel():
+    """With k tiny (2^-110) the backward cannot rely on d >= k to keep the terms of missing channels
+    finite, so it zeroes them explicitly (MASK_TERMS); the result must not change."""
+    x = activations((2, 11, 2, 3), k=1.0)
+    check_lrn("lrn(k=2^-110)", x, torch.randn(x.shape), size=5, alpha=1e-4, beta=0.75, k=2.0**-110)
+
+
 def test_inputs_make_the_window_matter():
     """Guards the tests above: on their inputs a window off by one moves a typical output by more
     than even the bf16 tolerance (with unscaled N(0, 1) inputs it would move it by ~1e-5)."""
