@@ -503,10 +503,15 @@ ALEXNET_CONVS = {
 }
 
 
-def aot_configs(batch: int = 128):
-    """(label, kernel, args, meta) of every launch the three launchers can make at AlexNet's shapes, one per
-    usable tile (kernels.aot). conv1's input is NCHW (the images), the others channels_last (conv1's output
-    layout, which LRN and max-pool keep)."""
+def aot_configs(batch: int = 128, sms: int = 132):
+    """(label, kernel, args, meta, work) of every launch the three launchers can make at AlexNet's shapes, one
+    per usable tile (kernels.aot; `work` as kernels.work says, with wgrad split for `sms` SMs: H100/H200).
+    conv1's input is NCHW (the images), the others channels_last (conv1's output layout, which LRN and
+    max-pool keep). The training step runs bf16 or tf32, and never conv1's dgrad (the images need none)."""
+    from math import prod
+
+    from kernels.work import conv_work, dtype_name
+
     for name, (x_shape, w_shape, stride, padding, groups) in ALEXNET_CONVS.items():
         layout = torch.contiguous_format if name == "conv1" else torch.channels_last
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -514,15 +519,32 @@ def aot_configs(batch: int = 128):
             w = torch.empty(w_shape, dtype=dtype, device="meta")
             b = torch.empty(w_shape[0], dtype=dtype, device="meta")
             label = f"{name} {str(dtype).removeprefix('torch.')}{' tf32' if _precision(dtype) == 'tf32' else ''}"
-            y, _, args, meta = _fwd_plan(x, w, b, stride, padding, groups)
-            yield from _tiled(f"{label} fwd", "fwd", _fwd_kernel, args, meta, _fwd_sides)
-            _, _, args, meta = _dgrad_plan(y, y, w, x.shape, stride, padding, groups)
-            yield from _tiled(f"{label} dgrad", "dgrad", _dgrad_kernel, args, meta, _dgrad_sides)
+            dt = dtype_name(dtype, tf32=_precision(dtype) == "tf32")
+            work = lambda op, programs, iterations, step=dt in ("bf16", "tf32"): conv_work(
+                name, op, x.shape, w_shape, stride, padding, dt, programs, iterations, step)
+            (K, CG, R, S), (N, _, H, W) = w_shape, x.shape
+            P, Q = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - S) // stride + 1
+            y, grid, args, meta = _fwd_plan(x, w, b, stride, padding, groups)
+            yield from _tiled(f"{label} fwd", "fwd", _fwd_kernel, args, meta, _fwd_sides, lambda m: work(
+                "fwd", prod(grid(m)), triton.cdiv(CG * R * S, m["BLOCK_K"])))
+            _, grid, args, meta = _dgrad_plan(y, y, w, x.shape, stride, padding, groups)
+            taps = triton.cdiv(R, stride) * triton.cdiv(S, stride)
+            yield from _tiled(f"{label} dgrad", "dgrad", _dgrad_kernel, args, meta, _dgrad_sides, lambda m: work(
+                "dgrad", prod(grid(m)), triton.cdiv(taps * (K // groups), m["BLOCK_K"]),
+                step=dt in ("bf16", "tf32") and name != "conv1"))
             _, _, _, args, meta = _wgrad_plan(y, y, x, w.shape, stride, padding, groups, bias=True)
-            yield from _tiled(f"{label} wgrad", "wgrad", _wgrad_kernel, args, meta, _wgrad_sides)
+
+            def wgrad_work(m):  # wgrad_splits' rule with `sms` SMs (on the meta device it would assume 4)
+                tiles = triton.cdiv(K // groups, m["BLOCK_M"]) * triton.cdiv(CG * R * S, m["BLOCK_N"]) * groups
+                steps = triton.cdiv(N * P * Q, m["BLOCK_K"])
+                splits = max(1, min(triton.cdiv(WAVES * sms, tiles), steps // MIN_SPLIT_STEPS))
+                return work("wgrad", tiles * splits, triton.cdiv(steps, splits))
+            yield from _tiled(f"{label} wgrad", "wgrad", _wgrad_kernel, args, meta, _wgrad_sides, wgrad_work)
 
 
-def _tiled(label, kernel_name, autotuned, args, meta, sides):
+def _tiled(label, kernel_name, autotuned, args, meta, sides, work):
+    """One (label, kernel, args, meta, work) per usable tile; work(tile meta) -> the launch's work."""
     named = {**dict(zip(autotuned.fn.arg_names, args)), **meta}
     for tile in usable_tiles(kernel_name, *sides(named)):
-        yield label, autotuned.fn, args, {**meta, **_tile_meta(tile)}
+        tile_meta = {**meta, **_tile_meta(tile)}
+        yield label, autotuned.fn, args, tile_meta, work(tile_meta)
