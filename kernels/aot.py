@@ -49,6 +49,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -308,6 +309,18 @@ def _report_lines(rows: list[dict]) -> list[str]:
         "kernels/aot.py)"]
 
 
+def _r_summary_lines(rows: list[dict]) -> list[str]:
+    """min / median / max of R per kernel on sm_90, over its builds."""
+    lines = ["R on sm_90 per kernel over its builds (min / median / max):"]
+    for kernel in dict.fromkeys(row["kernel"] for row in rows):
+        ratios = sorted(row["R"] for row in rows if row["kernel"] == kernel and row["arch"] == "sm_90"
+                        and row.get("R") is not None)
+        if ratios:
+            lines.append(f"  {kernel:16s} {ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
+                         f"  ({len(ratios)} builds)")
+    return lines
+
+
 def _rollup_lines(roll: dict) -> list[str]:
     header = ("layer", "op", "kernel", "tile", "R", "H100 us", "H200 us", "bound", "floor H100 us", "input")
     table = [(e["layer"], e["op"], e["kernel"], e["tile"],
@@ -381,7 +394,7 @@ def main(argv=None) -> int:
                 row.update(report_build(arch, options, named, shared, usage["REG"], sass_text, launches))
             rows.append(row)
     if args.report:
-        lines = _report_lines(rows)
+        lines = _report_lines(rows) + [""] + _r_summary_lines(rows)
         rolls = [rollup(rows, dtype) for dtype in ("bf16", "tf32")]
         for roll in rolls:
             lines += ["", *_rollup_lines(roll)]
