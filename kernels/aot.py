@@ -280,7 +280,8 @@ def _us(seconds) -> str:
 
 def _table(header, rows):
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in [header, *rows]]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+            for row in [header, *rows]]
 
 
 def _report_lines(rows: list[dict]) -> list[str]:
@@ -326,14 +327,16 @@ def _rollup_lines(roll: dict) -> list[str]:
     table = [(e["layer"], e["op"], e["kernel"], e["tile"],
               f"{e['R']:.2f}" if e["R"] is not None else "-", _us(e["h100"]["seconds"]), _us(e["h200"]["seconds"]),
               e["h100"]["bound"], _us(e["floor_h100_s"]), _short(e["label"])) for e in roll["layers"]]
-    lines = [f"== One training step, batch 128, {roll['dtype']} (ESTIMATES; best tile per layer and op) =="]
+    lines = [f"== One training step, batch 128, {roll['dtype']} (ESTIMATES; per layer and op the tile with the "
+             "best H100 estimate) =="]
     lines += _table(header, table)
     names = {"conv": "convolutions (fwd+dgrad+wgrad)", "lrn": "LRN fwd+bwd", "pool": "max-pool fwd+bwd",
              "fc": "fully connected (cuBLAS at floor)", "step": "step total"}
     for kind, name in names.items():
         t = roll["totals"][kind]
-        lines.append(f"  {name:34s} H100 {t['h100']['seconds'] * 1e3:7.3f} ms  H200 {t['h200']['seconds'] * 1e3:7.3f} ms"
-                     f"   floor (per launch max(FLOPs/peak, bytes/HBM)) H100 {t['h100']['floor_s'] * 1e3:.3f} ms"
+        lines.append(f"  {name:34s} H100 {t['h100']['seconds'] * 1e3:7.3f} ms  "
+                     f"H200 {t['h200']['seconds'] * 1e3:7.3f} ms   floor (per launch max(FLOPs/peak, bytes/HBM)) "
+                     f"H100 {t['h100']['floor_s'] * 1e3:.3f} ms"
                      f"  H200 {t['h200']['floor_s'] * 1e3:.3f} ms")
     lines.append(f"  step compute floor ({roll['flops'] / 1e9:.0f} GFLOP at the {roll['dtype']} peak): "
                  f"{roll['compute_floor_s'] * 1e3:.3f} ms; step estimate / compute floor: "
