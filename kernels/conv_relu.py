@@ -524,21 +524,23 @@ def _dgrad_plan(g, weight, x_shape, stride, padding, groups):
     return dx, grid, args, meta
 
 
-def wgrad_splits(programs: int, steps: int, device: torch.device) -> int:
+def wgrad_splits(programs: int, steps: int, sms: int) -> int:
     """How many programs share wgrad's reduction of `steps` BLOCK_K steps when the output tiles alone
-    make `programs`: one wave, every SM holding RESIDENT_BLOCKS, each split keeping MIN_SPLIT_STEPS steps."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    make `programs`: one wave, each of `sms` SMs holding RESIDENT_BLOCKS, each split keeping MIN_SPLIT_STEPS steps."""
     return max(1, min(triton.cdiv(RESIDENT_BLOCKS * sms, programs), steps // MIN_SPLIT_STEPS))
 
 
-def _wgrad_plan(g, x, weight_shape, stride, padding, groups):
+def _wgrad_plan(g, x, weight_shape, stride, padding, groups, sms=None):
+    """(dw, grid, args, meta) of wgrad, its reduction split for `sms` SMs (default: x's GPU's; 4 with no GPU)."""
     stride, padding, _ = _geometry(x.shape, weight_shape, stride, padding, groups)
     N, _, _, _ = x.shape
     K, CG, R, S = weight_shape
     _, _, P, Q = g.shape
     dw = torch.zeros(weight_shape, device=x.device, dtype=torch.float32)
     tiles = lambda meta: triton.cdiv(K // groups, meta["BLOCK_M"]) * triton.cdiv(CG * R * S, meta["BLOCK_N"])
-    splits = lambda meta: wgrad_splits(tiles(meta) * groups, triton.cdiv(N * P * Q, meta["BLOCK_K"]), x.device)
+    if sms is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else 4
+    splits = lambda meta: wgrad_splits(tiles(meta) * groups, triton.cdiv(N * P * Q, meta["BLOCK_K"]), sms)
     grid = lambda meta: (tiles(meta), groups, splits(meta))
     args = (x, g, dw, N * P * Q, *x.stride(), *dw.stride())
     meta = dict(_constants(x.shape, weight_shape, g.shape, stride, padding, groups), GROUPS=groups,
@@ -659,10 +661,16 @@ ALEXNET_CONVS = {
 }
 
 
-def aot_configs(batch: int = 128):
-    """(label, kernel, args, meta) of every launch the launchers can make at AlexNet's shapes, one per usable
-    tile (kernels.aot). conv1's input is NCHW (the images) and runs in its space-to-depth form; the others
-    are channels_last (conv1's output layout, which LRN and max-pool keep)."""
+def aot_configs(batch: int = 128, sms: int = 132):
+    """(label, kernel, args, meta, work) of every launch the launchers make at AlexNet's shapes, one per usable
+    tile (kernels.aot; `work` as kernels.work says, wgrad split for `sms` SMs: H100/H200). conv1's input is
+    NCHW (the images) and runs in its space-to-depth form; the others are channels_last (conv1's output
+    layout, which LRN and max-pool keep). The training step runs bf16 or tf32, and never conv1's dgrad (the
+    images need none). MACs and bytes are the convolution's own (bench.costs), not its space-to-depth form's."""
+    from math import prod
+
+    from kernels.work import ELEMENT_BYTES, conv_work, dtype_name, launch_work
+
     for name, (x_shape, w_shape, stride, padding, groups) in ALEXNET_CONVS.items():
         layout = torch.contiguous_format if name == "conv1" else torch.channels_last
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -670,18 +678,32 @@ def aot_configs(batch: int = 128):
             w = torch.empty(w_shape, dtype=dtype, device="meta")
             b = torch.empty(w_shape[0], dtype=dtype, device="meta")
             label = f"{name} {str(dtype).removeprefix('torch.')}{' tf32' if _precision(dtype) == 'tf32' else ''}"
-            x, w, step, pad = _stride_one(x, w, stride, padding, groups)
-            y, _, args, meta = _fwd_plan(x, w, b, step, pad, groups)
-            yield from _tiled(f"{label} fwd", "fwd", _fwd_kernel, args, meta, _fwd_sides)
-            g, _, _, args, meta = _mask_plan(y, y, bias=True)
-            yield f"{label} relu_mask", _relu_mask_kernel, args, meta
-            _, _, args, meta = _dgrad_plan(g, w, x.shape, step, pad, groups)
-            yield from _tiled(f"{label} dgrad", "dgrad", _dgrad_kernel, args, meta, _dgrad_sides)
-            _, _, args, meta = _wgrad_plan(g, x, w.shape, step, pad, groups)
-            yield from _tiled(f"{label} wgrad", "wgrad", _wgrad_kernel, args, meta, _wgrad_sides)
+            dt = dtype_name(dtype, tf32=_precision(dtype) == "tf32")
+            in_step = dt in ("bf16", "tf32")
+            work = lambda op, grid, iterations, step=in_step: conv_work(
+                name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(grid), iterations, step)
+            x2, w2, step, pad = _stride_one(x, w, stride, padding, groups)
+            (_, CG, R, S), reduction = w2.shape, w2[0].numel()  # the form that runs
+            y, grid, args, meta = _fwd_plan(x2, w2, b, step, pad, groups)
+            yield from _tiled(f"{label} fwd", "fwd", _fwd_kernel, args, meta, _fwd_sides,
+                              lambda m: work("fwd", grid(m), triton.cdiv(reduction, m["BLOCK_K"])))
+            g, _, grid, args, meta = _mask_plan(y, y, bias=True)
+            mask_bytes = 3 * y.numel() * ELEMENT_BYTES[dt] + 2 * grid[0] * y.shape[1] * 4  # dy, y, g; db partials
+            yield f"{label} relu_mask", _relu_mask_kernel, args, meta, launch_work(
+                name, "relu_mask", dt, prod(grid), 1, 0, mask_bytes, in_step)
+            _, grid, args, meta = _dgrad_plan(g, w2, x2.shape, step, pad, groups)
+            taps = triton.cdiv(R, _pair(step, "stride")[0]) * triton.cdiv(S, _pair(step, "stride")[1])
+            yield from _tiled(f"{label} dgrad", "dgrad", _dgrad_kernel, args, meta, _dgrad_sides, lambda m: work(
+                "dgrad", grid(m), triton.cdiv(taps * y.shape[1] // groups, m["BLOCK_K"]),
+                step=in_step and name != "conv1"))
+            _, grid, args, meta = _wgrad_plan(g, x2, w2.shape, step, pad, groups, sms=sms)
+            yield from _tiled(f"{label} wgrad", "wgrad", _wgrad_kernel, args, meta, _wgrad_sides, lambda m: work(
+                "wgrad", grid(m), triton.cdiv(triton.cdiv(args[3], m["BLOCK_K"]), grid(m)[2])))  # args[3]: the pixels
 
 
-def _tiled(label, kernel_name, autotuned, args, meta, sides):
+def _tiled(label, kernel_name, autotuned, args, meta, sides, work):
+    """One (label, kernel, args, meta, work) per usable tile; work(tile meta) -> the launch's work."""
     named = {**dict(zip(autotuned.fn.arg_names, args)), **meta}
     for tile in usable_tiles(kernel_name, *sides(named)):
-        yield label, autotuned.fn, args, {**meta, **_tile_meta(tile)}
+        tile_meta = {**meta, **_tile_meta(tile)}
+        yield label, autotuned.fn, args, tile_meta, work(tile_meta)

@@ -395,10 +395,18 @@ def lrn(x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
 
 
 def aot_configs():
-    """(label, kernel, args, meta) of every launch lrn_fwd/lrn_bwd make at AlexNet's shapes (kernels.aot)."""
-    for label, x in alexnet_activations(((96, 55, 55), (256, 27, 27))):  # LRN1, LRN2
-        x3 = x.flatten(2)
-        yield (label, _lrn_fwd_kernel, _fwd_args(x3, torch.empty_like(x3), 1e-4, 0.75, 2.0),
-               _grid_and_meta(x3, 5, FWD_CONFIG)[1])
-        yield (label, _lrn_bwd_kernel, _bwd_args(x3, torch.empty_like(x3), torch.empty_like(x3), 1e-4, 0.75, 2.0),
-               _grid_and_meta(x3, 5, BWD_CONFIG)[1])
+    """(label, kernel, args, meta, work) of every launch lrn_fwd/lrn_bwd make at AlexNet's shapes
+    (kernels.aot; `work` as kernels.work says: the step runs channels_last, bf16 or fp32)."""
+    from kernels.work import dtype_name, in_step, lrn_work
+
+    for layer, shape in (("lrn1", (96, 55, 55)), ("lrn2", (256, 27, 27))):
+        for label, x in alexnet_activations((shape,)):
+            x3 = x.flatten(2)
+            step = in_step(dtype_name(x.dtype)) and x.is_contiguous(memory_format=torch.channels_last)
+            for op, kernel, args, config in (
+                    ("fwd", _lrn_fwd_kernel, _fwd_args(x3, torch.empty_like(x3), 1e-4, 0.75, 2.0), FWD_CONFIG),
+                    ("bwd", _lrn_bwd_kernel,
+                     _bwd_args(x3, torch.empty_like(x3), torch.empty_like(x3), 1e-4, 0.75, 2.0), BWD_CONFIG)):
+                grid, meta = _grid_and_meta(x3, 5, config)
+                yield (label, kernel, args, meta, lrn_work(layer, op, x.shape, dtype_name(x.dtype), grid[0],
+                                                           triton.cdiv(shape[0], meta["VEC"]), step))

@@ -185,10 +185,20 @@ AOT_WINDOWS = ((3, 2), (2, 2))
 
 
 def aot_configs():
-    """(label, kernel, args, meta) of every launch max_pool2d_fwd/_bwd make at AlexNet's shapes (kernels.aot)."""
-    for label, x in alexnet_activations(((96, 55, 55), (256, 27, 27), (256, 13, 13))):  # pool1, pool2, pool5
-        for k, s in AOT_WINDOWS:
-            y, choice, _, args, meta = _fwd_plan(x, k, s)
-            yield f"{label} {k}x{k}/{s}", _max_pool_fwd_kernel, args, meta
-            _, _, args, meta = _bwd_plan(torch.empty_like(y), choice, x.shape[2:], k, s)
-            yield f"{label} {k}x{k}/{s}", _max_pool_bwd_kernel, args, meta
+    """(label, kernel, args, meta, work) of every launch max_pool2d_fwd/_bwd make at AlexNet's shapes
+    (kernels.aot; `work` as kernels.work says). The training step runs the paper's 3x3/2 on channels_last
+    (conv outputs keep that layout) in bf16 or fp32."""
+    from kernels.work import dtype_name, in_step, pool_work
+
+    for layer, shape in (("pool1", (96, 55, 55)), ("pool2", (256, 27, 27)), ("pool5", (256, 13, 13))):
+        for label, x in alexnet_activations((shape,)):
+            dtype = dtype_name(x.dtype)
+            for k, s in AOT_WINDOWS:
+                step = (k, s) == (3, 2) and in_step(dtype) and memory_format(x) == torch.channels_last
+                y, choice, grid, args, meta = _fwd_plan(x, k, s)
+                iterations = triton.cdiv(x.shape[1], meta["BLOCK_C"])
+                yield (f"{label} {k}x{k}/{s}", _max_pool_fwd_kernel, args, meta,
+                       pool_work(layer, "fwd", x.shape, k, s, dtype, grid[0], iterations, step))
+                _, grid, args, meta = _bwd_plan(torch.empty_like(y), choice, x.shape[2:], k, s)
+                yield (f"{label} {k}x{k}/{s}", _max_pool_bwd_kernel, args, meta,
+                       pool_work(layer, "bwd", x.shape, k, s, dtype, grid[0], iterations, step))
