@@ -36,10 +36,11 @@ import kernels
 from alexnet import checkpoint, distributed
 from alexnet.fastest import fastest_kernels
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
+from data.check import quick_check_all
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
 from data.pil import PilLoader
-from data.plans import train_plan, val_plan
+from data.plans import bad_files_error, train_plan, val_plan
 
 # Defaults that depend on the data. With --data-path they are the paper's (bar the epochs: it ran ~90
 # on ImageNet). The paper's recipe is made for ImageNet's 1000 classes; on the embedded dataset's 10
@@ -53,20 +54,26 @@ LOADERS = ("dali", "pil")  # --data-loader: same plans, same outputs
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
 
 
-def _number(kind, low, strict=False):
-    """An argparse type: a `kind` (int or float) >= low (> low if strict), else an error naming the flag."""
+def _number(kind, low, strict=False, high=math.inf):
+    """An argparse type: a finite `kind` (int or float) >= low (> low if strict) and <= high, else an
+    error naming the flag."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of type {kind.__name__}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
 
 
 POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0), _number(float, 0, True), _number(float, 0)
+SEED = _number(int, 0, high=2**32 - 1)  # the plans seed a generator with seed * 1_000_003 + epoch: fits in 64 bits
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -107,7 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="output", help="where checkpoint.pth and metrics.jsonl go (default: output)")
     p.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --test-only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
-    p.add_argument("--seed", default=0, type=int, help="seed for the weights, the data order and dropout (default: 0)")
+    p.add_argument("--seed", default=0, type=SEED, help="seed for the weights, the data order and dropout (default: 0)")
     p.add_argument("--towers", default=1, type=int, choices=(1, 2),
                    help="2: the paper's two-tower split, one tower per process and device, launched with "
                         "torchrun --nproc-per-node 2 (x replicas for data parallelism too) (default: 1)")
@@ -278,6 +285,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_output_dir(out: Path) -> None:
+    """Make --output-dir, or stop with an error naming it if it is not a folder this process can write."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: --output-dir {out} cannot be made a folder: {e.strerror or e}") from e
+    if not os.access(out, os.W_OK):
+        raise SystemExit(f"error: --output-dir {out} is not writable")
+
+
 def tensorboard_writer(out: Path):
     """A SummaryWriter on OUTPUT/tensorboard when TensorBoard is installed (the optional extra), else None."""
     try:
@@ -289,6 +306,8 @@ def tensorboard_writer(out: Path):
 
 def main(args) -> dict:
     """Train (or with --test-only, evaluate); returns the last validation metrics."""
+    if args.test_only and not args.resume:
+        raise SystemExit("error: --test-only evaluates the --resume checkpoint: give --resume")
     if apply_recipe(args) and args.data_path is None and not args.test_only:
         print(f"the embedded run's recipe: batch {args.batch_size}, {args.init} initialisation, lr {args.lr:g} divided "
               f"by 10 after epoch {args.lr_step_size} of {args.epochs} (the paper's, for 1000 classes: -b 128 --init "
@@ -301,6 +320,9 @@ def main(args) -> dict:
         resumed = checkpoint.load(args.resume) if args.resume else None  # read once, used below
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
+    out = Path(args.output_dir)
+    if not args.test_only:
+        check_output_dir(out)
     try:
         root = Path(args.data_path) if args.data_path else ensure_embedded()
         classes, train_samples, val_samples = load_splits(root, args.exclude_list)
@@ -308,6 +330,9 @@ def main(args) -> dict:
             raise DatasetError(f"{root / 'train'} has {len(train_samples)} images, fewer than one batch "
                                f"(-b {args.batch_size})" + (f" for each of {layout.replicas} data-parallel replicas"
                                                             if layout.replicas > 1 else ""))
+        if bad := quick_check_all([p for p, _ in (val_samples if args.test_only else train_samples + val_samples)],
+                                  args.workers):
+            raise bad_files_error(bad)
         if args.kernels is None:
             args.kernels, why = default_kernels(args, resumed, device, len(classes), layout, autocast)
             print(f"kernels: {args.kernels}, {why} (--kernels to choose)")
@@ -364,8 +389,6 @@ def main(args) -> dict:
         print(f"val: loss {metrics['loss']:.4f}  acc@1 {100 * metrics['acc1']:.2f}  acc@5 {100 * metrics['acc5']:.2f}")
         return metrics
 
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.jsonl"
     writer = tensorboard_writer(out) if layout.main else None
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from alexnet.train import get_args_parser, main
-from data.check import check_file
+from data.check import check_file, quick_check
 from data.dali import DaliLoader
 from data.plans import MEAN_RGB, val_plan
 from data.embedded import write_dataset
@@ -58,6 +58,16 @@ def test_check_file_gives_the_reason(odd_folder, tmp_path):
 
 def run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_quick_check_agrees_with_the_full_decode(odd_folder, tmp_path):
+    folder = odd_folder / "train" / "crosshatch"
+    for name, reason in BAD.items():
+        assert reason in (quick_check(folder / name) or ""), f"[{name}] quick_check says {quick_check(folder / name)!r}"
+    trailer = tmp_path / "trailer.JPEG"  # data after the end marker, as some phones append: decodes fine
+    trailer.write_bytes((folder / "source.JPEG").read_bytes() + b"appended by a phone")
+    for path in [folder / name for name in ODD] + [trailer]:
+        assert quick_check(path) is None, f"[{path.name}] is reported bad: {quick_check(path)}"
 
 
 def test_check_cli_lists_the_bad_files_for_training_to_exclude(odd_folder, tmp_path):

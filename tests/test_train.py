@@ -181,11 +181,42 @@ def test_checkpoint_of_another_architecture_is_named(tmp_path, tiny_data):
     ("--lr", "0", "argument --lr: must be > 0, got 0"),
     ("--wd", "x", "argument --wd/--weight-decay: 'x' is not a number of type float"),
     ("-j", "1.5", "argument -j/--workers: '1.5' is not a number of type int"),
+    ("--lr", "nan", "argument --lr: must be a finite number, got nan"),
+    ("--lr", "inf", "argument --lr: must be a finite number, got inf"),
+    ("--wd", "inf", "argument --wd/--weight-decay: must be a finite number, got inf"),
+    ("--momentum", "nan", "argument --momentum: must be a finite number, got nan"),
+    ("--seed", "1" + "0" * 30, "argument --seed: must be <= 4294967295"),
 ])
 def test_bad_numeric_flags_are_named(capsys, flag, value, message):
     with pytest.raises(SystemExit):
         get_args_parser().parse_args([flag, value])
     assert message in capsys.readouterr().err
+
+
+def test_test_only_without_resume_is_refused(tiny_data):
+    with pytest.raises(SystemExit, match="--test-only evaluates the --resume checkpoint: give --resume"):
+        run_main("--data-path", str(tiny_data), "--test-only")
+
+
+def test_output_dir_that_is_a_file_is_named(tiny_data, tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(SystemExit, match=f"--output-dir {tmp_path / 'out'} cannot be made a folder: File exists"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path / "out"))
+
+
+def test_exclude_list_that_empties_val_is_named(tiny_data, tmp_path):
+    listed = "".join(f"{p.relative_to(tiny_data)}\tbad\n" for p in sorted((tiny_data / "val").rglob("*.JPEG")))
+    (tmp_path / "bad.txt").write_text(listed)
+    with pytest.raises(SystemExit, match=f"exclude list {tmp_path / 'bad.txt'} leaves no images in {tiny_data / 'val'}"):
+        run_main("--data-path", str(tiny_data), "--exclude-list", str(tmp_path / "bad.txt"), "-b", "4")
+
+
+def test_bad_val_file_is_named_before_the_first_step(tmp_path):
+    write_dataset(tmp_path, {"train": 4, "val": 1}, num_classes=2)
+    (tmp_path / "val" / "checks" / "notes.JPEG").write_text("not an image")
+    with pytest.raises(SystemExit, match=r"the data pipeline failed on \S*val/checks/notes.JPEG: not an image"):
+        run_main("--data-path", str(tmp_path), "-b", "4", "--output-dir", str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "checkpoint.pth").exists()
 
 
 def test_batch_larger_than_the_train_split_is_named(tiny_data):
