@@ -390,6 +390,9 @@ def main(args) -> dict:
         return metrics
 
     ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.jsonl"
+    if layout.main:
+        for leftover in checkpoint.remove_leftovers(ckpt_path):
+            print(f"removed {leftover}, left by a save that was killed")
     writer = tensorboard_writer(out) if layout.main else None
 
     def save(epoch_done: int, step: int):
@@ -400,7 +403,10 @@ def main(args) -> dict:
                  "step_in_epoch": step, "step": global_step, "rng": rng_state(), "args": vars(args),
                  "classes": classes, "model_options": model.options, "rank_rng": layout.gather_objects(rng_state())}
         if layout.main:
-            checkpoint.save(state, ckpt_path)
+            try:
+                checkpoint.save(state, ckpt_path)
+            except checkpoint.CheckpointError as e:
+                raise SystemExit(f"error: {e}") from e
 
     val = None
     stopped = False

@@ -2,6 +2,9 @@
 bad input is named."""
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -111,10 +114,53 @@ def test_failed_save_cleans_up_and_keeps_previous(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoint.save({"arch": checkpoint.ARCH, "model": {}, "epoch": 2}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="no space left on /.*: the checkpoint needs about 1 MB"):
+        checkpoint.save({"arch": checkpoint.ARCH, "model": {"w": torch.zeros(2**18)}, "epoch": 2}, path)
     assert checkpoint.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_sigterm_during_save_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    killed = f"""
+import os, signal, torch
+from alexnet import checkpoint
+def killed_save(obj, f):
+    f.write(b"PK\\x03\\x04 half a zip file")
+    os.kill(os.getpid(), signal.SIGTERM)
+    f.write(b"never written")
+torch.save = killed_save
+checkpoint.save({{"arch": checkpoint.ARCH, "model": {{}}}}, {str(path)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", killed], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 128 + 15, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_names_a_full_disk_keeps_the_last_checkpoint_and_removes_leftovers(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(b"the last good one")
+    (out / "checkpoint.pth.4242.tmp").write_bytes(b"left by a killed save")
+
+    def disk_full(obj, f):  # what torch.save raises when the disk fills up under it
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 320 vs 256")
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(SystemExit, match=r"^error: no space left on /\S*: the checkpoint needs about \d+ MB$"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(out), "-b", "4", "--max-steps", "1")
+    assert not list(out.glob("*.tmp"))
+    assert (out / "checkpoint.pth").read_bytes() == b"the last good one"
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        checkpoint.save({"arch": checkpoint.ARCH, "model": {}}, tmp_path / "checkpoint.pth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "checkpoint.pth").stat().st_mode) == 0o640
 
 
 def run_main(*argv: str):
