@@ -47,11 +47,13 @@ from data.plans import bad_files_error, train_plan, val_plan
 # it does not learn in a 10-minute run, so that run (no --data-path) departs from it: batch 32,
 # Caffe's initialisation, and lr 0.01 for 5 epochs then 0.001 for 2 (README, "The embedded run").
 # A flag given on the command line always wins.
-RECIPES = {"paper": dict(batch_size=128, init="paper", epochs=6, lr_scheduler="plateau", lr_step_size=30),
-           "embedded": dict(batch_size=32, init="caffe", epochs=7, lr_scheduler="step", lr_step_size=5)}
+# The lr is filled in here too (the same in both) so that main can tell a --lr given on resume.
+RECIPES = {"paper": dict(batch_size=128, init="paper", epochs=6, lr=0.01, lr_scheduler="plateau", lr_step_size=30),
+           "embedded": dict(batch_size=32, init="caffe", epochs=7, lr=0.01, lr_scheduler="step", lr_step_size=5)}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOADERS = ("dali", "pil")  # --data-loader: same plans, same outputs
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
+# samples_in_epoch too since it was added; an older checkpoint's is step_in_epoch x its -b x its replicas
 
 
 def _number(kind, low, strict=False, high=math.inf):
@@ -98,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="initialisation: paper (biases 1) or caffe (Caffe's bvlc_alexnet: biases 0.1, fc6/fc7 "
                         "std 0.005) (default: paper; caffe on the embedded dataset)")
     p.add_argument("--epochs", default=None, type=POSITIVE_INT, help="epochs in all (default: 6; 7 on the embedded dataset)")
-    p.add_argument("--lr", default=0.01, type=POSITIVE, help="initial learning rate (default: 0.01)")
+    p.add_argument("--lr", default=None, type=POSITIVE,
+                   help="initial learning rate; given with --resume, it replaces the checkpoint's (default: 0.01)")
     p.add_argument("--momentum", default=0.9, type=NON_NEGATIVE, help="SGD momentum (default: 0.9)")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", default=5e-4, type=NON_NEGATIVE,
                    help="weight decay (default: 5e-4)")
@@ -272,6 +275,20 @@ def train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler) 
             "img_per_s": n / seconds, "train_seconds": seconds}
 
 
+def resume_step(state: dict, args, replicas: int) -> int:
+    """The step of the epoch to resume `state` at with this run's -b and replicas: where the samples it
+    consumed of the epoch (in the epoch's global order) end, or an error naming -b if that is mid-step."""
+    saved = state["args"]
+    consumed = state.get("samples_in_epoch",  # an older checkpoint's, from its -b and number of replicas
+                         state["step_in_epoch"] * saved["batch_size"] * len(state.get("rank_rng", [0])) // saved["towers"])
+    step = f"-b {args.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
+    if consumed % (args.batch_size * replicas):
+        raise SystemExit(f"error: {args.resume} stopped {consumed} samples into epoch {state['epoch'] + 1}, not a whole "
+                         f"number of steps of {step}: give a -b that makes them so (it was trained with -b "
+                         f"{saved['batch_size']})")
+    return consumed // (args.batch_size * replicas)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -306,6 +323,7 @@ def tensorboard_writer(out: Path):
 
 def main(args) -> dict:
     """Train (or with --test-only, evaluate); returns the last validation metrics."""
+    lr_given = args.lr is not None
     if args.test_only and not args.resume:
         raise SystemExit("error: --test-only evaluates the --resume checkpoint: give --resume")
     if apply_recipe(args) and args.data_path is None and not args.test_only:
@@ -377,10 +395,16 @@ def main(args) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):  # empty unless the run used --amp fp16
                 scaler.load_state_dict(state["scaler"])
-            epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["step"]
+            epoch, global_step = state["epoch"], state["step"]
+            step_in_epoch = resume_step(state, args, layout.replicas)
             if rng := layout.rng_to_restore(state):  # None if another number of processes wrote it
                 set_rng_state(rng)
-            print(f"resumed from {args.resume} at epoch {epoch}, step {step_in_epoch} of the epoch")
+            print(f"resumed from {args.resume} at epoch {epoch}, sample {step_in_epoch * args.batch_size * layout.replicas}"
+                  f" of the epoch (step {step_in_epoch} at -b {args.batch_size})")
+            if lr_given:
+                print(f"lr set to {args.lr:g} by --lr (the checkpoint's was {optimizer.param_groups[0]['lr']:g})")
+                for group in optimizer.param_groups:
+                    group["lr"] = args.lr
             if epoch >= args.epochs:
                 print(f"the checkpoint has finished all {args.epochs} epochs; raise --epochs to train on")
 
@@ -400,7 +424,7 @@ def main(args) -> dict:
         state = {"arch": checkpoint.ARCH, "model": layout.model_state(net),
                  "optimizer": layout.optimizer_state(optimizer, net),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_done,
-                 "step_in_epoch": step, "step": global_step, "rng": rng_state(), "args": vars(args),
+                 "step_in_epoch": step, "samples_in_epoch": step * args.batch_size * layout.replicas, "step": global_step, "rng": rng_state(), "args": vars(args),
                  "classes": classes, "model_options": model.options, "rank_rng": layout.gather_objects(rng_state())}
         if layout.main:
             try:

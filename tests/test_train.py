@@ -76,6 +76,21 @@ def test_resume_is_bit_identical(tiny_data, uninterrupted, tmp_path, stop_flags)
     assert_same_state(tmp_path / "checkpoint.pth", uninterrupted / "checkpoint.pth")
 
 
+def test_resume_with_another_batch_size_continues_at_the_sample_or_is_refused(tiny_data, tmp_path, capsys):
+    run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "4", "--max-steps", "1")
+    ckpt = str(tmp_path / "checkpoint.pth")
+    with pytest.raises(SystemExit, match=r"stopped 4 samples into epoch 1, not a whole number of steps of -b 8: give a -b"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "8", "--resume", ckpt)
+    run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "2", "--resume", ckpt,
+             "--max-steps", "2", "--lr", "0.05")
+    out = capsys.readouterr().out
+    assert "at epoch 0, sample 4 of the epoch (step 2 at -b 2)" in out
+    assert "lr set to 0.05 by --lr (the checkpoint's was 0.01)" in out
+    state = checkpoint.load(ckpt)
+    assert (state["epoch"], state["samples_in_epoch"], state["step_in_epoch"], state["step"]) == (0, 6, 3, 2)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
+
+
 def test_test_only_evaluates_a_checkpoint(tiny_data, uninterrupted):
     args = get_args_parser().parse_args(["--data-path", str(tiny_data), "--resume",
                                          str(uninterrupted / "checkpoint.pth"), "--test-only", "-b", "4"])
