@@ -6,12 +6,14 @@ class names. `save` writes a temporary file beside the target (`<name>.<pid>.tmp
 permissions the umask gives), flushes it to disk and renames it over the target, so a crash
 mid-save leaves the previous checkpoint whole. The temporary file is removed when the save fails
 or the process is sent SIGTERM; one left by SIGKILL is removed by `remove_leftovers` (train does
-so when it starts).
+so when it starts). `save` also stores a SHA-256 of every tensor in the checkpoint (with its dtype
+and shape) under "checksum", and `load` verifies it, so a flipped bit does not load silently.
 """
 
 import contextlib
 import errno
 import glob
+import hashlib
 import math
 import os
 import shutil
@@ -57,6 +59,7 @@ def save(state: dict, path: Path | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    state = {**state, "checksum": checksum(state)}
     try:
         with _sigterm_raises(), open(tmp, "wb") as f:
             torch.save(state, f)
@@ -95,6 +98,15 @@ def _tensors(obj):
             yield from _tensors(value)
 
 
+def checksum(state: dict) -> str:
+    """SHA-256 of the dtype, shape and bytes of every tensor in `state` but its "checksum", in order."""
+    digest = hashlib.sha256()
+    for t in _tensors({k: v for k, v in state.items() if k != "checksum"}):
+        digest.update(f"{t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def load(path: Path | str) -> dict:
     """Read a checkpoint written by `save`, with a clear error when it is not one."""
     path = Path(path)
@@ -106,6 +118,8 @@ def load(path: Path | str) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("arch") != ARCH or "model" not in state:
         raise CheckpointError(f"{path} is not an {ARCH} checkpoint")
+    if "checksum" in state and checksum(state) != state["checksum"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensors do not match the checksum saved with them")
     return state
 
 

@@ -169,6 +169,17 @@ def test_train_names_a_full_disk_keeps_the_last_checkpoint_and_removes_leftovers
     assert (out / "checkpoint.pth").read_bytes() == b"the last good one"
 
 
+def test_a_flipped_bit_in_a_checkpoint_is_named(tmp_path, tiny_data):
+    path = tmp_path / "weights.pth"
+    checkpoint.save({"arch": checkpoint.ARCH, "model": AlexNet(num_classes=3).state_dict(),
+                     "classes": ["checks", "crosshatch", "dots"]}, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # the middle of the file is fc6's weights
+    path.write_bytes(data)
+    with pytest.raises(SystemExit, match=f"checkpoint {path} is corrupt: its tensors do not match the checksum"):
+        run_main("--data-path", str(tiny_data), "--resume", str(path), "--test-only", "-b", "4")
+
+
 def test_checkpoints_follow_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
