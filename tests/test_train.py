@@ -91,6 +91,15 @@ def test_resume_with_another_batch_size_continues_at_the_sample_or_is_refused(ti
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
 
 
+def test_pil_resume_mid_epoch_is_bit_identical(tiny_data, tmp_path):
+    flags = ["--data-path", str(tiny_data), "-b", "4", "--seed", "3", "--data-loader", "pil", "-j", "1"]
+    run_main(*flags, "--output-dir", str(tmp_path / "straight"), "--max-steps", "2")
+    run_main(*flags, "--output-dir", str(tmp_path / "stopped"), "--max-steps", "1")
+    run_main(*flags, "--output-dir", str(tmp_path / "stopped"), "--max-steps", "2",
+             "--resume", str(tmp_path / "stopped" / "checkpoint.pth"))
+    assert_same_state(tmp_path / "stopped" / "checkpoint.pth", tmp_path / "straight" / "checkpoint.pth")
+
+
 def test_test_only_evaluates_a_checkpoint(tiny_data, uninterrupted):
     args = get_args_parser().parse_args(["--data-path", str(tiny_data), "--resume",
                                          str(uninterrupted / "checkpoint.pth"), "--test-only", "-b", "4"])
