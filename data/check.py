@@ -44,6 +44,8 @@ def check_file(path: str | Path) -> str | None:
             if image.format not in DALI_FORMATS:
                 return f"{image.format} image, a format DALI's decoder does not take"
             image.load()  # decodes every pixel: a truncated or corrupt file raises here
+            if image.mode in ("I", "F"):  # data.pil.open_rgb reads 8- and 16-bit pixels as DALI does, not these
+                return f"32-bit pixels (PIL mode {image.mode}), which DALI and PIL do not read alike"
     except UnidentifiedImageError:
         return "not an image"
     except OSError as e:
