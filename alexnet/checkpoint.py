@@ -2,12 +2,23 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled objects):
 model, optimizer and scheduler state, epoch and step, RNG states, the run's arguments and the
-class names. `save` writes a temporary file beside the target, flushes it to disk and renames
-it over the target, so a crash mid-save leaves the previous checkpoint whole.
+class names. `save` writes a temporary file beside the target (`<name>.<pid>.tmp`, with the
+permissions the umask gives), flushes it to disk and renames it over the target, so a crash
+mid-save leaves the previous checkpoint whole. The temporary file is removed when the save fails
+or the process is sent SIGTERM; one left by SIGKILL is removed by `remove_leftovers` (train does
+so when it starts). `save` also stores a SHA-256 of every tensor in the checkpoint (with its dtype
+and shape) under "checksum", and `load` verifies it, so a flipped bit does not load silently.
 """
 
+import contextlib
+import errno
+import glob
+import hashlib
+import math
 import os
-import tempfile
+import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -20,20 +31,80 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
 
 
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises SystemExit (so cleanup runs) inside the block, when in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
 def save(state: dict, path: Path | str) -> None:
-    """Write `state` to `path` atomically."""
+    """Write `state` to `path` atomically; a full disk raises a CheckpointError naming it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    state = {**state, "checksum": checksum(state)}
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _sigterm_raises(), open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        needed = sum(t.nbytes for t in _tensors(state))
+        # torch.save reports a full disk as a RuntimeError ("unexpected pos"): look at the free space too
+        if isinstance(e, Exception) and (getattr(e, "errno", None) == errno.ENOSPC
+                                         or shutil.disk_usage(path.parent).free < needed):
+            raise CheckpointError(f"no space left on {_mount_point(path.parent)}: the checkpoint needs about "
+                                  f"{math.ceil(needed / 2**20)} MB") from e
         raise
+
+
+def remove_leftovers(path: Path | str) -> list[Path]:
+    """Remove the temporary files that saves to `path` killed mid-write left beside it; returns them."""
+    path = Path(path)
+    leftovers = sorted(path.parent.glob(f"{glob.escape(path.name)}.*.tmp"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
+
+
+def _tensors(obj):
+    """Every tensor in a nest of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def checksum(state: dict) -> str:
+    """SHA-256 of the dtype, shape and bytes of every tensor in `state` but its "checksum", in order."""
+    digest = hashlib.sha256()
+    for t in _tensors({k: v for k, v in state.items() if k != "checksum"}):
+        digest.update(f"{t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def load(path: Path | str) -> dict:
@@ -47,6 +118,8 @@ def load(path: Path | str) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("arch") != ARCH or "model" not in state:
         raise CheckpointError(f"{path} is not an {ARCH} checkpoint")
+    if "checksum" in state and checksum(state) != state["checksum"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensors do not match the checksum saved with them")
     return state
 
 

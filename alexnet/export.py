@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from alexnet.checkpoint import ARCH, CheckpointError
 from alexnet.inference import load_trained
@@ -21,9 +21,10 @@ def export(checkpoint_path: Path | str, output: Path | str) -> Path:
     trained = load_trained(checkpoint_path)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()}, str(output),
-              metadata={"arch": ARCH, "classes": json.dumps(trained.classes),
-                        "model_options": json.dumps(trained.model.options)})
+    # written by Python, not by safetensors.torch.save_file, which makes the file 0600 whatever the umask
+    output.write_bytes(save({k: v.contiguous() for k, v in trained.model.state_dict().items()},
+                            metadata={"arch": ARCH, "classes": json.dumps(trained.classes),
+                                      "model_options": json.dumps(trained.model.options)}))
     return output
 
 

@@ -53,14 +53,27 @@ def step_seconds(name: str, num_classes: int, batch: int, autocast) -> float:
     return min(times[1:])
 
 
+def _read_cache(path: Path) -> dict:
+    """The timings remembered in `path`, {key: {backend: seconds}}; {} with a warning if it holds anything else."""
+    try:
+        known = json.loads(path.read_text())
+    except OSError:
+        return {}
+    except ValueError:
+        known = None
+    if isinstance(known, dict) and all(isinstance(timings, dict) and timings and
+                                       all(name in CANDIDATES and isinstance(t, (int, float)) and t > 0
+                                           for name, t in timings.items()) for timings in known.values()):
+        return known
+    print(f"kernels: warning: {path} is not a table of timings; ignoring it (it will be rewritten)")
+    return {}
+
+
 def fastest_kernels(num_classes: int, batch_size: int, amp: str, autocast) -> tuple[str, str]:
     """(backend name, a sentence saying how it was chosen) for training on the CPU."""
     batch = min(batch_size, MEASURE_BATCH)
     path, key = cache_file(), _key(batch, amp)
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
+    known = _read_cache(path)
     if key in known:
         timings, how = known[key], f"measured earlier, remembered in {path}"
     else:

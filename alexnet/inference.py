@@ -16,6 +16,7 @@ from PIL import Image
 
 from alexnet import checkpoint
 from alexnet.model import PAPER_OPTIONS, AlexNet
+from data.pil import open_rgb
 from data.plans import CROP, MEAN_RGB, RESIZE_SHORTER
 from data.folder import IMAGE_EXTENSIONS
 
@@ -78,8 +79,7 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
 def load_image(path: Path | str) -> torch.Tensor:
     """(3, 227, 227) float32: the validation transform of the image at `path`."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        img = open_rgb(path)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"image {path} cannot be read ({type(e).__name__}: {e})") from e
     w, h = img.size

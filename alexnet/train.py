@@ -36,37 +36,46 @@ import kernels
 from alexnet import checkpoint, distributed
 from alexnet.fastest import fastest_kernels
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
+from data.check import quick_check_all
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
 from data.pil import PilLoader
-from data.plans import train_plan, val_plan
+from data.plans import bad_files_error, train_plan, val_plan
 
 # Defaults that depend on the data. With --data-path they are the paper's (bar the epochs: it ran ~90
 # on ImageNet). The paper's recipe is made for ImageNet's 1000 classes; on the embedded dataset's 10
 # it does not learn in a 10-minute run, so that run (no --data-path) departs from it: batch 32,
 # Caffe's initialisation, and lr 0.01 for 5 epochs then 0.001 for 2 (README, "The embedded run").
 # A flag given on the command line always wins.
-RECIPES = {"paper": dict(batch_size=128, init="paper", epochs=6, lr_scheduler="plateau", lr_step_size=30),
-           "embedded": dict(batch_size=32, init="caffe", epochs=7, lr_scheduler="step", lr_step_size=5)}
+# The lr is filled in here too (the same in both) so that main can tell a --lr given on resume.
+RECIPES = {"paper": dict(batch_size=128, init="paper", epochs=6, lr=0.01, lr_scheduler="plateau", lr_step_size=30),
+           "embedded": dict(batch_size=32, init="caffe", epochs=7, lr=0.01, lr_scheduler="step", lr_step_size=5)}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOADERS = ("dali", "pil")  # --data-loader: same plans, same outputs
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
+# samples_in_epoch too since it was added; an older checkpoint's is step_in_epoch x its -b x its replicas
 
 
-def _number(kind, low, strict=False):
-    """An argparse type: a `kind` (int or float) >= low (> low if strict), else an error naming the flag."""
+def _number(kind, low, strict=False, high=math.inf):
+    """An argparse type: a finite `kind` (int or float) >= low (> low if strict) and <= high, else an
+    error naming the flag."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of type {kind.__name__}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
 
 
 POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0), _number(float, 0, True), _number(float, 0)
+SEED = _number(int, 0, high=2**32 - 1)  # the plans seed a generator with seed * 1_000_003 + epoch: fits in 64 bits
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -91,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="initialisation: paper (biases 1) or caffe (Caffe's bvlc_alexnet: biases 0.1, fc6/fc7 "
                         "std 0.005) (default: paper; caffe on the embedded dataset)")
     p.add_argument("--epochs", default=None, type=POSITIVE_INT, help="epochs in all (default: 6; 7 on the embedded dataset)")
-    p.add_argument("--lr", default=0.01, type=POSITIVE, help="initial learning rate (default: 0.01)")
+    p.add_argument("--lr", default=None, type=POSITIVE,
+                   help="initial learning rate; given with --resume, it replaces the checkpoint's (default: 0.01)")
     p.add_argument("--momentum", default=0.9, type=NON_NEGATIVE, help="SGD momentum (default: 0.9)")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", default=5e-4, type=NON_NEGATIVE,
                    help="weight decay (default: 5e-4)")
@@ -107,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="output", help="where checkpoint.pth and metrics.jsonl go (default: output)")
     p.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --test-only)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
-    p.add_argument("--seed", default=0, type=int, help="seed for the weights, the data order and dropout (default: 0)")
+    p.add_argument("--seed", default=0, type=SEED, help="seed for the weights, the data order and dropout (default: 0)")
     p.add_argument("--towers", default=1, type=int, choices=(1, 2),
                    help="2: the paper's two-tower split, one tower per process and device, launched with "
                         "torchrun --nproc-per-node 2 (x replicas for data parallelism too) (default: 1)")
@@ -265,6 +275,20 @@ def train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler) 
             "img_per_s": n / seconds, "train_seconds": seconds}
 
 
+def resume_step(state: dict, args, replicas: int) -> int:
+    """The step of the epoch to resume `state` at with this run's -b and replicas: where the samples it
+    consumed of the epoch (in the epoch's global order) end, or an error naming -b if that is mid-step."""
+    saved = state["args"]
+    consumed = state.get("samples_in_epoch",  # an older checkpoint's, from its -b and number of replicas
+                         state["step_in_epoch"] * saved["batch_size"] * len(state.get("rank_rng", [0])) // saved["towers"])
+    step = f"-b {args.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
+    if consumed % (args.batch_size * replicas):
+        raise SystemExit(f"error: {args.resume} stopped {consumed} samples into epoch {state['epoch'] + 1}, not a whole "
+                         f"number of steps of {step}: give a -b that makes them so (it was trained with -b "
+                         f"{saved['batch_size']})")
+    return consumed // (args.batch_size * replicas)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -278,6 +302,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_output_dir(out: Path) -> None:
+    """Make --output-dir, or stop with an error naming it if it is not a folder this process can write."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: --output-dir {out} cannot be made a folder: {e.strerror or e}") from e
+    if not os.access(out, os.W_OK):
+        raise SystemExit(f"error: --output-dir {out} is not writable")
+
+
 def tensorboard_writer(out: Path):
     """A SummaryWriter on OUTPUT/tensorboard when TensorBoard is installed (the optional extra), else None."""
     try:
@@ -289,6 +323,9 @@ def tensorboard_writer(out: Path):
 
 def main(args) -> dict:
     """Train (or with --test-only, evaluate); returns the last validation metrics."""
+    lr_given = args.lr is not None
+    if args.test_only and not args.resume:
+        raise SystemExit("error: --test-only evaluates the --resume checkpoint: give --resume")
     if apply_recipe(args) and args.data_path is None and not args.test_only:
         print(f"the embedded run's recipe: batch {args.batch_size}, {args.init} initialisation, lr {args.lr:g} divided "
               f"by 10 after epoch {args.lr_step_size} of {args.epochs} (the paper's, for 1000 classes: -b 128 --init "
@@ -301,6 +338,9 @@ def main(args) -> dict:
         resumed = checkpoint.load(args.resume) if args.resume else None  # read once, used below
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"error: {e}") from e
+    out = Path(args.output_dir)
+    if not args.test_only:
+        check_output_dir(out)
     try:
         root = Path(args.data_path) if args.data_path else ensure_embedded()
         classes, train_samples, val_samples = load_splits(root, args.exclude_list)
@@ -308,6 +348,9 @@ def main(args) -> dict:
             raise DatasetError(f"{root / 'train'} has {len(train_samples)} images, fewer than one batch "
                                f"(-b {args.batch_size})" + (f" for each of {layout.replicas} data-parallel replicas"
                                                             if layout.replicas > 1 else ""))
+        if bad := quick_check_all([p for p, _ in (val_samples if args.test_only else train_samples + val_samples)],
+                                  args.workers):
+            raise bad_files_error(bad)
         if args.kernels is None:
             args.kernels, why = default_kernels(args, resumed, device, len(classes), layout, autocast)
             print(f"kernels: {args.kernels}, {why} (--kernels to choose)")
@@ -352,10 +395,16 @@ def main(args) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):  # empty unless the run used --amp fp16
                 scaler.load_state_dict(state["scaler"])
-            epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["step"]
+            epoch, global_step = state["epoch"], state["step"]
+            step_in_epoch = resume_step(state, args, layout.replicas)
             if rng := layout.rng_to_restore(state):  # None if another number of processes wrote it
                 set_rng_state(rng)
-            print(f"resumed from {args.resume} at epoch {epoch}, step {step_in_epoch} of the epoch")
+            print(f"resumed from {args.resume} at epoch {epoch}, sample {step_in_epoch * args.batch_size * layout.replicas}"
+                  f" of the epoch (step {step_in_epoch} at -b {args.batch_size})")
+            if lr_given:
+                print(f"lr set to {args.lr:g} by --lr (the checkpoint's was {optimizer.param_groups[0]['lr']:g})")
+                for group in optimizer.param_groups:
+                    group["lr"] = args.lr
             if epoch >= args.epochs:
                 print(f"the checkpoint has finished all {args.epochs} epochs; raise --epochs to train on")
 
@@ -364,9 +413,10 @@ def main(args) -> dict:
         print(f"val: loss {metrics['loss']:.4f}  acc@1 {100 * metrics['acc1']:.2f}  acc@5 {100 * metrics['acc5']:.2f}")
         return metrics
 
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.jsonl"
+    if layout.main:
+        for leftover in checkpoint.remove_leftovers(ckpt_path):
+            print(f"removed {leftover}, left by a save that was killed")
     writer = tensorboard_writer(out) if layout.main else None
 
     def save(epoch_done: int, step: int):
@@ -374,10 +424,13 @@ def main(args) -> dict:
         state = {"arch": checkpoint.ARCH, "model": layout.model_state(net),
                  "optimizer": layout.optimizer_state(optimizer, net),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_done,
-                 "step_in_epoch": step, "step": global_step, "rng": rng_state(), "args": vars(args),
+                 "step_in_epoch": step, "samples_in_epoch": step * args.batch_size * layout.replicas, "step": global_step, "rng": rng_state(), "args": vars(args),
                  "classes": classes, "model_options": model.options, "rank_rng": layout.gather_objects(rng_state())}
         if layout.main:
-            checkpoint.save(state, ckpt_path)
+            try:
+                checkpoint.save(state, ckpt_path)
+            except checkpoint.CheckpointError as e:
+                raise SystemExit(f"error: {e}") from e
 
     val = None
     stopped = False

@@ -28,6 +28,7 @@ from data.folder import DatasetError, load_splits
 
 # PIL's names for the formats DALI's image decoder takes (MPO: a camera JPEG with extra frames).
 DALI_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "JPEG2000", "WEBP"}
+QUICK_IN_PROCESS = 2000  # quick_check_all starts processes for more files than this
 
 
 def check_file(path: str | Path) -> str | None:
@@ -43,6 +44,8 @@ def check_file(path: str | Path) -> str | None:
             if image.format not in DALI_FORMATS:
                 return f"{image.format} image, a format DALI's decoder does not take"
             image.load()  # decodes every pixel: a truncated or corrupt file raises here
+            if image.mode in ("I", "F"):  # data.pil.open_rgb reads 8- and 16-bit pixels as DALI does, not these
+                return f"32-bit pixels (PIL mode {image.mode}), which DALI and PIL do not read alike"
     except UnidentifiedImageError:
         return "not an image"
     except OSError as e:
@@ -50,6 +53,33 @@ def check_file(path: str | Path) -> str | None:
     except Exception as e:  # PIL's plugins raise SyntaxError, ValueError, ... on corrupt data
         return f"corrupt: {type(e).__name__}: {e}"
     return None
+
+
+def quick_check(path: str | Path) -> str | None:
+    """Why `path` cannot be trained on, from its header alone, or None if it looks right.
+    A JPEG that does not end with its end-of-image marker (truncated, or with data appended, as some
+    phones do) is decoded in full by `check_file` to tell which."""
+    try:
+        with Image.open(path) as image:
+            if image.format not in DALI_FORMATS:
+                return f"{image.format} image, a format DALI's decoder does not take"
+            if image.format in ("JPEG", "MPO"):
+                image.fp.seek(-2, os.SEEK_END)
+                if image.fp.read(2) != b"\xff\xd9":
+                    return check_file(path)
+    except Exception:
+        return check_file(path) or "unreadable"  # names what is wrong: empty, unreadable, not an image, ...
+    return None
+
+
+def quick_check_all(paths: list[str], workers: int) -> list[str]:
+    """'path: reason' for each of `paths` that `quick_check` rejects, with `workers` processes for many."""
+    if len(paths) < QUICK_IN_PROCESS:
+        reasons = list(map(quick_check, paths))
+    else:
+        with Pool(workers) as pool:
+            reasons = pool.map(quick_check, paths, chunksize=256)
+    return [f"{path}: {reason}" for path, reason in zip(paths, reasons) if reason]
 
 
 def check_dataset(root: Path, workers: int, progress: bool = True) -> list[tuple[str, str]]:

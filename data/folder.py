@@ -117,4 +117,7 @@ def load_splits(root: Path | str, exclude_list: Path | str | None = None
 
     def keep(samples):
         return [(p, label) for p, label in samples if Path(p).relative_to(root).as_posix() not in exclude]
-    return classes, keep(train), keep(val)
+    train, val = keep(train), keep(val)
+    if not val:
+        raise DatasetError(f"exclude list {exclude_list} leaves no images in {val_dir}")
+    return classes, train, val

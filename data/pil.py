@@ -5,7 +5,7 @@ measured against, and the path for machines without DALI (`python -m alexnet.tra
     for images, labels in loader: ...   # (128, 3, 227, 227) float32, (128,) int64 on cuda
 
 It runs the same data.plans plans, so it yields the same samples, crops, flips and lighting, in the
-same order and shapes: decode, convert to RGB, shorter side to 256 (PIL's antialiased bilinear
+same order and shapes: decode, turn upright by the EXIF orientation, convert to 8-bit RGB (`open_rgb`), shorter side to 256 (PIL's antialiased bilinear
 filter; DALI's linear resize with antialiasing differs from it by a level or so on edges), the
 crop at the plan's position rounded as DALI rounds it, the flip, then minus the plan's mean, CHW.
 Workers are processes (DataLoader's), one image each at a time.
@@ -15,11 +15,21 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from data.check import check_file
 from data.plans import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, PlanLoader, bad_files_error
+
+
+def open_rgb(path) -> Image.Image:
+    """The image at `path` as a photo viewer shows it and DALI's decoder gives it: turned upright by
+    its EXIF orientation, 8-bit RGB, 16-bit grey scaled to 8 bits (PIL's convert would clip it)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image, np.float32) / 257).round().astype(np.uint8))
+    return image.convert("RGB")
 
 
 def resize_shorter(image: Image.Image, size: int = RESIZE_SHORTER) -> Image.Image:
@@ -52,8 +62,7 @@ class _PlanDataset(Dataset):
     def __getitem__(self, i: int):
         p = self.plan
         try:
-            with Image.open(p.paths[i]) as image:
-                image = resize_shorter(image.convert("RGB"))
+            image = resize_shorter(open_rgb(p.paths[i]))
         except Exception as e:  # reported by the loader, in its own process, without a worker's traceback
             return None, f"{p.paths[i]}: {check_file(p.paths[i]) or e}"
         crops = TEN_CROPS if p.ten_crop else [(p.crop_x[i], p.crop_y[i], p.mirror[i])]
@@ -77,7 +86,8 @@ class PilLoader(PlanLoader):
             return
         loader = DataLoader(_PlanDataset(self.plan), self.batch_size, num_workers=self.workers,
                             sampler=range(self.start_batch * self.batch_size, len(self.plan)),
-                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+                            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator())  # its own: seeding workers leaves torch's global RNG alone
         for batch in loader:
             if isinstance(batch[0], str):
                 raise bad_files_error(batch)

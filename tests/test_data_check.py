@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from alexnet.inference import load_image
 from alexnet.train import get_args_parser, main
-from data.check import check_file
+from data.check import check_file, quick_check
 from data.dali import DaliLoader
 from data.plans import MEAN_RGB, val_plan
 from data.embedded import write_dataset
@@ -58,6 +60,36 @@ def test_check_file_gives_the_reason(odd_folder, tmp_path):
 
 def run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_quick_check_agrees_with_the_full_decode(odd_folder, tmp_path):
+    folder = odd_folder / "train" / "crosshatch"
+    for name, reason in BAD.items():
+        assert reason in (quick_check(folder / name) or ""), f"[{name}] quick_check says {quick_check(folder / name)!r}"
+    trailer = tmp_path / "trailer.JPEG"  # data after the end marker, as some phones append: decodes fine
+    trailer.write_bytes((folder / "source.JPEG").read_bytes() + b"appended by a phone")
+    for path in [folder / name for name in ODD] + [trailer]:
+        assert quick_check(path) is None, f"[{path.name}] is reported bad: {quick_check(path)}"
+
+
+def test_exif_orientation_and_16_bit_png_are_read_alike_everywhere(tmp_path):
+    """DALI (training), the PIL loader and predict/features/figures' load_image see the same picture."""
+    pixels = np.zeros((240, 320, 3), np.uint8)
+    pixels[:, :160], pixels[:40] = 200, 50
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    image.save(tmp_path / "phone.JPEG", exif=exif, quality=95)
+    Image.fromarray((np.add.outer(np.arange(240), np.arange(300)) * 100).astype(np.uint16)).save(tmp_path / "16bit.png")
+    for name in ("phone.JPEG", "16bit.png"):
+        plan = val_plan([(str(tmp_path / name), 0)])
+        dali = next(iter(DaliLoader(plan, 1, workers=1)))[0][0]
+        pil = next(iter(PilLoader(plan, 1, workers=0)))[0][0]
+        for what, got in (("PilLoader", pil), ("load_image", load_image(tmp_path / name))):
+            diff = (got - dali).abs()
+            assert diff.mean() < 0.1 and diff.max() <= 1, f"[{name}] {what} differs from DALI by {diff.mean():.2f} on average"
+    Image.fromarray(np.ones((300, 300), np.float32)).save(tmp_path / "float.tif")
+    assert "32-bit pixels (PIL mode F)" in check_file(tmp_path / "float.tif")
 
 
 def test_check_cli_lists_the_bad_files_for_training_to_exclude(odd_folder, tmp_path):

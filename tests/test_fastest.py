@@ -54,6 +54,15 @@ def test_a_backend_that_fails_is_left_out_and_a_corrupt_cache_ignored(cache, mon
     assert list(json.loads(cache.read_text()).values()) == [{"torch": 0.5}]
 
 
+@pytest.mark.parametrize("content", ["[]", '{"some key": {}}', '{"some key": {"torch": "fast"}}'])
+def test_a_cache_of_the_wrong_shape_is_ignored_with_a_warning(cache, monkeypatch, capsys, content):
+    cache.write_text(content)
+    fake_timings(monkeypatch, {"torch": 0.2, "compile": 0.3})
+    assert fastest.fastest_kernels(10, 8, "none", contextlib.nullcontext)[0] == "torch"
+    assert f"{cache} is not a table of timings; ignoring it" in capsys.readouterr().out
+    assert list(json.loads(cache.read_text()).values()) == [{"torch": 0.2, "compile": 0.3}]
+
+
 def test_measurement_leaves_the_global_rng_alone():
     torch.manual_seed(1)
     before = torch.get_rng_state()

@@ -2,6 +2,9 @@
 bad input is named."""
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +76,30 @@ def test_resume_is_bit_identical(tiny_data, uninterrupted, tmp_path, stop_flags)
     assert_same_state(tmp_path / "checkpoint.pth", uninterrupted / "checkpoint.pth")
 
 
+def test_resume_with_another_batch_size_continues_at_the_sample_or_is_refused(tiny_data, tmp_path, capsys):
+    run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "4", "--max-steps", "1")
+    ckpt = str(tmp_path / "checkpoint.pth")
+    with pytest.raises(SystemExit, match=r"stopped 4 samples into epoch 1, not a whole number of steps of -b 8: give a -b"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "8", "--resume", ckpt)
+    run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "2", "--resume", ckpt,
+             "--max-steps", "2", "--lr", "0.05")
+    out = capsys.readouterr().out
+    assert "at epoch 0, sample 4 of the epoch (step 2 at -b 2)" in out
+    assert "lr set to 0.05 by --lr (the checkpoint's was 0.01)" in out
+    state = checkpoint.load(ckpt)
+    assert (state["epoch"], state["samples_in_epoch"], state["step_in_epoch"], state["step"]) == (0, 6, 3, 2)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.05
+
+
+def test_pil_resume_mid_epoch_is_bit_identical(tiny_data, tmp_path):
+    flags = ["--data-path", str(tiny_data), "-b", "4", "--seed", "3", "--data-loader", "pil", "-j", "1"]
+    run_main(*flags, "--output-dir", str(tmp_path / "straight"), "--max-steps", "2")
+    run_main(*flags, "--output-dir", str(tmp_path / "stopped"), "--max-steps", "1")
+    run_main(*flags, "--output-dir", str(tmp_path / "stopped"), "--max-steps", "2",
+             "--resume", str(tmp_path / "stopped" / "checkpoint.pth"))
+    assert_same_state(tmp_path / "stopped" / "checkpoint.pth", tmp_path / "straight" / "checkpoint.pth")
+
+
 def test_test_only_evaluates_a_checkpoint(tiny_data, uninterrupted):
     args = get_args_parser().parse_args(["--data-path", str(tiny_data), "--resume",
                                          str(uninterrupted / "checkpoint.pth"), "--test-only", "-b", "4"])
@@ -111,10 +138,64 @@ def test_failed_save_cleans_up_and_keeps_previous(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoint.save({"arch": checkpoint.ARCH, "model": {}, "epoch": 2}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="no space left on /.*: the checkpoint needs about 1 MB"):
+        checkpoint.save({"arch": checkpoint.ARCH, "model": {"w": torch.zeros(2**18)}, "epoch": 2}, path)
     assert checkpoint.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_sigterm_during_save_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    killed = f"""
+import os, signal, torch
+from alexnet import checkpoint
+def killed_save(obj, f):
+    f.write(b"PK\\x03\\x04 half a zip file")
+    os.kill(os.getpid(), signal.SIGTERM)
+    f.write(b"never written")
+torch.save = killed_save
+checkpoint.save({{"arch": checkpoint.ARCH, "model": {{}}}}, {str(path)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", killed], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 128 + 15, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_names_a_full_disk_keeps_the_last_checkpoint_and_removes_leftovers(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(b"the last good one")
+    (out / "checkpoint.pth.4242.tmp").write_bytes(b"left by a killed save")
+
+    def disk_full(obj, f):  # what torch.save raises when the disk fills up under it
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 320 vs 256")
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(SystemExit, match=r"^error: no space left on /\S*: the checkpoint needs about \d+ MB$"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(out), "-b", "4", "--max-steps", "1")
+    assert not list(out.glob("*.tmp"))
+    assert (out / "checkpoint.pth").read_bytes() == b"the last good one"
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_named(tmp_path, tiny_data):
+    path = tmp_path / "weights.pth"
+    checkpoint.save({"arch": checkpoint.ARCH, "model": AlexNet(num_classes=3).state_dict(),
+                     "classes": ["checks", "crosshatch", "dots"]}, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # the middle of the file is fc6's weights
+    path.write_bytes(data)
+    with pytest.raises(SystemExit, match=f"checkpoint {path} is corrupt: its tensors do not match the checksum"):
+        run_main("--data-path", str(tiny_data), "--resume", str(path), "--test-only", "-b", "4")
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        checkpoint.save({"arch": checkpoint.ARCH, "model": {}}, tmp_path / "checkpoint.pth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "checkpoint.pth").stat().st_mode) == 0o640
 
 
 def run_main(*argv: str):
@@ -181,11 +262,42 @@ def test_checkpoint_of_another_architecture_is_named(tmp_path, tiny_data):
     ("--lr", "0", "argument --lr: must be > 0, got 0"),
     ("--wd", "x", "argument --wd/--weight-decay: 'x' is not a number of type float"),
     ("-j", "1.5", "argument -j/--workers: '1.5' is not a number of type int"),
+    ("--lr", "nan", "argument --lr: must be a finite number, got nan"),
+    ("--lr", "inf", "argument --lr: must be a finite number, got inf"),
+    ("--wd", "inf", "argument --wd/--weight-decay: must be a finite number, got inf"),
+    ("--momentum", "nan", "argument --momentum: must be a finite number, got nan"),
+    ("--seed", "1" + "0" * 30, "argument --seed: must be <= 4294967295"),
 ])
 def test_bad_numeric_flags_are_named(capsys, flag, value, message):
     with pytest.raises(SystemExit):
         get_args_parser().parse_args([flag, value])
     assert message in capsys.readouterr().err
+
+
+def test_test_only_without_resume_is_refused(tiny_data):
+    with pytest.raises(SystemExit, match="--test-only evaluates the --resume checkpoint: give --resume"):
+        run_main("--data-path", str(tiny_data), "--test-only")
+
+
+def test_output_dir_that_is_a_file_is_named(tiny_data, tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(SystemExit, match=f"--output-dir {tmp_path / 'out'} cannot be made a folder: File exists"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path / "out"))
+
+
+def test_exclude_list_that_empties_val_is_named(tiny_data, tmp_path):
+    listed = "".join(f"{p.relative_to(tiny_data)}\tbad\n" for p in sorted((tiny_data / "val").rglob("*.JPEG")))
+    (tmp_path / "bad.txt").write_text(listed)
+    with pytest.raises(SystemExit, match=f"exclude list {tmp_path / 'bad.txt'} leaves no images in {tiny_data / 'val'}"):
+        run_main("--data-path", str(tiny_data), "--exclude-list", str(tmp_path / "bad.txt"), "-b", "4")
+
+
+def test_bad_val_file_is_named_before_the_first_step(tmp_path):
+    write_dataset(tmp_path, {"train": 4, "val": 1}, num_classes=2)
+    (tmp_path / "val" / "checks" / "notes.JPEG").write_text("not an image")
+    with pytest.raises(SystemExit, match=r"the data pipeline failed on \S*val/checks/notes.JPEG: not an image"):
+        run_main("--data-path", str(tmp_path), "-b", "4", "--output-dir", str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "checkpoint.pth").exists()
 
 
 def test_batch_larger_than_the_train_split_is_named(tiny_data):
