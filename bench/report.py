@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,38 +130,6 @@ def environment(device) -> dict:
     except (OSError, subprocess.SubprocessError) as error:
         env["nvidia_smi"] = f"unavailable: {error}"
     return env
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Timing, the one function every measured row goes through.
-
-
-def time_ms(fn, device, rounds=None) -> dict:
-    """{"ms": median time of fn(), "host_ms": median time for fn() to return, "method"}.
-
-    GPU: device time by triton.testing.do_bench (CUDA events around each run, the L2 flushed before each, median of
-    ~100 ms of runs); host_ms is the time to enqueue fn() on an idle GPU (Python and launch overhead), apart.
-    CPU: wall-clock median of `rounds` runs after one warm-up; host and device are the same there."""
-    if device.type == "cuda":
-        import torch
-        import triton.testing
-
-        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-        host = []
-        for _ in range(10):
-            torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - start) * 1e3)
-        torch.cuda.synchronize(device)
-        return dict(ms=ms, host_ms=statistics.median(host), method="do_bench: CUDA events, L2 flushed, median")
-    fn()
-    times = []
-    for _ in range(rounds or 3):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return dict(ms=statistics.median(times), host_ms=statistics.median(times), method="wall clock (CPU), median")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -433,16 +400,10 @@ def layer_cases(plan, device, dt, layers):
             costs["fwd+bwd"], None
 
 
-def tile_name(config) -> str | None:
-    """BLOCK_MxBLOCK_NxBLOCK_K wWARPS sSTAGES of the autotuner's best_config (set by its last launch)."""
-    if config is None:
-        return None
-    k = config.kwargs
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
-
-
 def time_layers(plan, device, env, layers, estimates) -> list[dict]:
-    """One row per (dtype, layer, pass, backend): ms, host ms, tile chosen, TFLOP/s or GB/s, % of cuDNN, % of floor."""
+    """One row per (dtype, layer, pass, backend): ms, host ms, tile chosen, TFLOP/s or GB/s, % of cuDNN, % of floor.
+    Every time is bench.common.time_ms's: device time on a GPU (L2 flushed), wall clock on a CPU."""
+    from bench.common import tile_name, time_ms
     from bench.costs import GPUS
     from kernels.interpret import interpreting
 
@@ -451,23 +412,19 @@ def time_layers(plan, device, env, layers, estimates) -> list[dict]:
     for dt in plan["time_dtypes"]:
         with precision(dt):
             for layer, pass_, fns, (flops, nbytes), autotuned in layer_cases(plan, device, dt, layers):
-                cudnn_ms = None
+                case = []
                 for backend, fn in fns.items():
                     row = dict(layer=layer, pass_=pass_, dtype=dt, backend=backend, flops=flops, bytes=nbytes,
                                interpreted=backend == "triton" and interpreting())
                     try:
                         row.update(time_ms(fn, device, plan["rounds"]))
                     except Exception as error:
-                        rows.append(dict(row, exception=f"{type(error).__name__}: {error}"[:500]))
+                        case.append(dict(row, exception=f"{type(error).__name__}: {error}"[:500]))
                         continue
                     if backend == "triton" and autotuned is not None:
                         row["tile"] = tile_name(getattr(autotuned, "best_config", None))
                     seconds = row["ms"] / 1e3
                     row["TFLOPs" if flops else "GBps"] = flops / seconds / 1e12 if flops else nbytes / seconds / 1e9
-                    if backend == "torch":
-                        cudnn_ms = row["ms"]
-                    elif cudnn_ms is not None and device.type == "cuda":
-                        row["pct_of_cudnn"] = 100 * cudnn_ms / row["ms"]
                     if gpu is not None and device.type == "cuda":
                         row["floor_ms"] = 1e3 * max(flops / (gpu.tflops[dt] * 1e12), nbytes / gpu.bandwidth)
                         row["pct_of_floor"] = 100 * row["floor_ms"] / row["ms"]
@@ -475,7 +432,12 @@ def time_layers(plan, device, env, layers, estimates) -> list[dict]:
                     est = estimates.get((layer, pass_, aot_dtype))
                     if backend == "triton" and est:
                         row["aot_estimate_ms_batch128"] = {gpu_: s * 1e3 for gpu_, s in est.items()}
-                    rows.append(row)
+                    case.append(row)
+                cudnn_ms = next((r["ms"] for r in case if r["backend"] == "torch" and "ms" in r), None)
+                for row in case:  # 100: as fast as cuDNN; above: faster. Not on a CPU (no cuDNN, interpreted Triton)
+                    if row["backend"] != "torch" and "ms" in row and cudnn_ms is not None and device.type == "cuda":
+                        row["pct_of_cudnn"] = 100 * cudnn_ms / row["ms"]
+                rows += case
     return rows
 
 
@@ -484,6 +446,7 @@ def time_layers(plan, device, env, layers, estimates) -> list[dict]:
 
 
 def time_train_steps(plan, device) -> list[dict]:
+    from bench.common import time_ms
     from bench.test_train_step import make_step
 
     rows = []
