@@ -417,7 +417,8 @@ def time_layers(plan, device, env, layers, estimates) -> list[dict]:
                     row = dict(layer=layer, pass_=pass_, dtype=dt, backend=backend, flops=flops, bytes=nbytes,
                                interpreted=backend == "triton" and interpreting())
                     try:
-                        row.update(time_ms(fn, device, plan["rounds"]))
+                        # interpreted Triton is timed once after its warm-up: not a speed, and the CPU run's slowest part
+                        row.update(time_ms(fn, device, 1 if row["interpreted"] else plan["rounds"]))
                     except Exception as error:
                         case.append(dict(row, exception=f"{type(error).__name__}: {error}"[:500]))
                         continue
