@@ -29,12 +29,28 @@ class Gpu:
     bandwidth: float  # peak HBM bytes/s
 
 
-# Vendor peak figures (NVIDIA datasheets, SXM parts, dense: no 2:4 sparsity), not measurements.
+# Vendor peak figures (NVIDIA datasheets, dense: no 2:4 sparsity, i.e. half the datasheets' "with sparsity" tensor
+# figures), not measurements. The PCIe and NVL parts run lower clocks and power than the SXM ones: same chip, other
+# peaks. A100: the 80 GB SXM4 part.
 GPUS = {
     "h100": Gpu("H100 SXM", {"bf16": 989, "fp16": 989, "tf32": 495, "fp32": 67}, 3.35e12),
+    "h100-pcie": Gpu("H100 PCIe", {"bf16": 756, "fp16": 756, "tf32": 378, "fp32": 51}, 2.0e12),
+    "h100-nvl": Gpu("H100 NVL", {"bf16": 835, "fp16": 835, "tf32": 418, "fp32": 60}, 3.9e12),
     "h200": Gpu("H200", {"bf16": 989, "fp16": 989, "tf32": 495, "fp32": 67}, 4.8e12),
+    "h200-nvl": Gpu("H200 NVL", {"bf16": 835, "fp16": 835, "tf32": 418, "fp32": 60}, 4.8e12),
     "a100": Gpu("A100 SXM", {"bf16": 312, "fp16": 312, "tf32": 156, "fp32": 19.5}, 2.04e12),
 }
+# torch.cuda.get_device_name() substrings -> GPUS key, the first match wins (so the NVL and PCIe parts before the
+# bare names). A name matching none is "unknown": no peak is guessed (an A100 40 GB or PCIe part has other rates).
+GPU_NAMES = (("H200 NVL", "h200-nvl"), ("H200", "h200"), ("H100 NVL", "h100-nvl"), ("H100 PCIe", "h100-pcie"),
+             ("H100 80GB HBM3", "h100"), ("H100 SXM", "h100"), ("A100-SXM4-80GB", "a100"))
+
+
+def gpu_key(device_name: str) -> str | None:
+    """The GPUS key of a GPU named `device_name` (torch.cuda.get_device_name), or None if not recognised."""
+    return next((key for part, key in GPU_NAMES if part in device_name), None)
+
+
 ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}  # tf32 multiplies fp32 tensors
 
 

@@ -13,24 +13,23 @@ backward is cuDNN's again, so it has no backward rows). extra_info has TFLOP/s, 
 Triton and compile rows, cuDNN's time taken the same way and pct_of_cudnn (100: as fast; above: faster).
 
 FLOPs and bytes_moved of each pass (each operand read once, each result written once) come from
-bench.costs.conv_costs; compute floor = FLOPs / the H100's dense peak (bench.costs.GPUS; the H200's is the same).
+bench.costs.conv_costs; compute_floor_ms_H100_H200 = FLOPs / the H100 SXM's dense peak (the H200's is the same),
+and on a recognised GPU compute_floor_ms and compute_floor_fraction use that GPU's own peak. On a GPU every ratio
+is of device times (bench.common.time_ms: do_bench, L2 flushed), and a Triton row records the tile chosen.
 
 On the CPU it is a smoke test: batch 1, channels / 16, spatial size <= 15, fp32; the Triton rows run in
 the interpreter and are labelled so (their times are not speeds), and no cuDNN ratio is taken.
 """
 
-import statistics
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.common import GPU_ROUNDS, GPU_WARMUP, measure
+from bench.common import measure, time_ms
 from kernels.interpret import prepare
 
 prepare()  # with no GPU the interpreter must be on before kernels.conv_relu imports Triton
-from bench.costs import GPUS, conv_costs  # noqa: E402
+from bench.costs import GPUS, conv_costs, gpu_key  # noqa: E402
 import kernels  # noqa: E402
 from kernels import conv_relu  # noqa: E402
 from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
@@ -40,7 +39,6 @@ DEVICE = torch.device("cuda" if GPU else "cpu")
 BATCH = 128 if GPU else 1
 DTYPES = [torch.float32, torch.float16, torch.bfloat16] if GPU else [torch.float32]
 LOW_PRECISION = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-FLOOR_GPUS = ("H100", "H200")
 
 
 @pytest.fixture(autouse=True)
@@ -82,20 +80,6 @@ def passes(x, w, b, geometry):
     }
 
 
-def median_seconds(fn):
-    """fn's median wall time with a sync after each call: measure()'s method, for the cuDNN ratio."""
-    for _ in range(GPU_WARMUP):
-        fn()
-    torch.cuda.synchronize(DEVICE)
-    times = []
-    for _ in range(GPU_ROUNDS):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(DEVICE)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 # (pass, backend): the compile backend's conv backward is cuDNN's, so it has forward rows only.
 PASS_BACKENDS = [("fwd", "triton"), ("fwd", "torch"), ("fwd", "compile"),
                  ("dgrad", "triton"), ("dgrad", "torch"), ("wgrad", "triton"), ("wgrad", "torch")]
@@ -116,13 +100,16 @@ def test_conv(benchmark, layer, which, dtype, backend):
     benchmark.extra_info.update(layer=layer, backend=backend, batch=BATCH, shape=list(x.shape), weight=list(w.shape),
                                 **{"pass": which},
                                 flops=flops, precision=precision, compute_floor_ms_H100_H200=floor * 1e3)
+    autotuned = {"fwd": conv_relu._fwd_kernel, "dgrad": conv_relu._dgrad_kernel, "wgrad": conv_relu._wgrad_kernel}
     measure(benchmark, triton_fn if backend == "triton" else cudnn_fn, DEVICE, dtype, bytes_moved,
-            flops=flops, triton=backend == "triton")
+            flops=flops, triton=backend == "triton", autotuned=autotuned[which] if backend == "triton" else None)
     if not GPU or benchmark.stats is None:
         return
-    seconds = benchmark.stats.stats.median
-    if any(gpu in torch.cuda.get_device_name(DEVICE) for gpu in FLOOR_GPUS):
-        benchmark.extra_info["compute_floor_fraction"] = floor / seconds
+    seconds = benchmark.extra_info["device_ms"] / 1e3
+    key = gpu_key(torch.cuda.get_device_name(DEVICE))
+    if key:  # this GPU's own peak (an H100 PCIe is not an SXM part); none for a GPU not recognised
+        own_floor = flops / (GPUS[key].tflops[precision] * 1e12)
+        benchmark.extra_info.update(compute_floor_ms=own_floor * 1e3, compute_floor_fraction=own_floor / seconds)
     if backend != "torch":
-        cudnn = median_seconds(passes(x, w, b, geometry)[which][1])
+        cudnn = time_ms(passes(x, w, b, geometry)[which][1], DEVICE)["ms"] / 1e3
         benchmark.extra_info.update(cudnn_ms=cudnn * 1e3, pct_of_cudnn=100 * cudnn / seconds)
