@@ -412,6 +412,9 @@ def _check(x, weight, bias):
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"conv2d_relu: {name} is on {t.device} but x is on {x.device}")
+    if sum((size - 1) * step for size, step in zip(x.shape[1:], x.stride()[1:])) >= 2**31:
+        raise ValueError(f"conv2d_relu: x's strides {x.stride()} span 2^31 elements or more within one image; "
+                         "the kernels index within an image in int32 (pass a contiguous x)")
     if x.device.type != "cuda" and not interpreting():
         raise ValueError(f"conv2d_relu: x is on {x.device}; the Triton kernels need a CUDA tensor "
                          "(or TRITON_INTERPRET=1 to run them on the CPU interpreter)")
@@ -438,14 +441,15 @@ def _constants(x_shape, w_shape, y_shape, stride, padding, groups):
 
 
 def _space_to_depth(x_shape, w_shape, stride, padding, groups):
-    """None, or ((R2, S2) taps, (rows, cols) of x2) of the space-to-depth form if it applies: a strided
-    convolution, one group, at most S2D_MAX_CHANNELS channels after, a window at least the stride."""
+    """None, or (stride pair, padding pair, (R2, S2) taps, (rows, cols) of x2) of the space-to-depth form if it
+    applies: a strided convolution, one group, at most S2D_MAX_CHANNELS channels after, a window at least the
+    stride."""
     stride, padding, (P, Q) = _geometry(x_shape, w_shape, stride, padding, groups)
     (sh, sw), (_, C, _, _), (_, _, R, S) = stride, x_shape, w_shape
     if groups > 1 or sh * sw == 1 or C * sh * sw > S2D_MAX_CHANNELS or R < sh or S < sw:
         return None
     R2, S2 = triton.cdiv(R, sh), triton.cdiv(S, sw)
-    return (R2, S2), (P + R2 - 1, Q + S2 - 1)
+    return stride, padding, (R2, S2), (P + R2 - 1, Q + S2 - 1)
 
 
 def _s2d_input(x, stride, padding, rows, cols):
@@ -476,7 +480,6 @@ def _s2d_weight_grad(dw2, w_shape, stride):
     (K, C, R, S), (sh, sw), (_, _, R2, S2) = w_shape, stride, dw2.shape
     dw = dw2.reshape(K, sh, sw, C, R2, S2).permute(0, 3, 4, 1, 5, 2).reshape(K, C, R2 * sh, S2 * sw)
     return dw[:, :, :R, :S]
-
 
 
 # Plans: the output, grid, args and meta of one launch, the tile left to the autotuner. The launchers and
@@ -563,18 +566,16 @@ def _stride_one(x, weight, stride, padding, groups):
     s2d = _space_to_depth(x.shape, weight.shape, stride, padding, groups)
     if not s2d:
         return x, weight, stride, padding
-    taps, (rows, cols) = s2d
-    stride, padding, _ = _geometry(x.shape, weight.shape, stride, padding, groups)
+    stride, padding, taps, (rows, cols) = s2d
     return _s2d_input(x, stride, padding, rows, cols), _s2d_weight(weight, stride, taps), 1, 0
 
 
 def _dgrad(g, weight, x_shape, stride, padding, groups):
     s2d = _space_to_depth(x_shape, weight.shape, stride, padding, groups)
     if s2d:
-        (taps, (rows, cols)), N = s2d, x_shape[0]
-        stride, padding, _ = _geometry(x_shape, weight.shape, stride, padding, groups)
+        stride, padding, taps, (rows, cols) = s2d
         w2 = _s2d_weight(weight, stride, taps)
-        dx2 = _dgrad(g, w2, (N, w2.shape[1], rows, cols), 1, 0, 1)
+        dx2 = _dgrad(g, w2, (x_shape[0], w2.shape[1], rows, cols), 1, 0, 1)
         return _s2d_input_grad(dx2, x_shape, stride, padding)
     dx, grid, args, meta = _dgrad_plan(g, weight, x_shape, stride, padding, groups)
     if dx.numel():
@@ -586,10 +587,9 @@ def _wgrad(g, x, weight_shape, stride, padding, groups):
     """dw in fp32."""
     s2d = _space_to_depth(x.shape, weight_shape, stride, padding, groups)
     if s2d:
-        (taps, (rows, cols)), K = s2d, weight_shape[0]
-        stride, padding, _ = _geometry(x.shape, weight_shape, stride, padding, groups)
+        stride, padding, taps, (rows, cols) = s2d
         x2 = _s2d_input(x, stride, padding, rows, cols)
-        dw2 = _wgrad(g, x2, (K, x2.shape[1], *taps), 1, 0, 1)
+        dw2 = _wgrad(g, x2, (weight_shape[0], x2.shape[1], *taps), 1, 0, 1)
         return _s2d_weight_grad(dw2, weight_shape, stride)
     dw, grid, args, meta = _wgrad_plan(g, x, weight_shape, stride, padding, groups)
     if g.numel():
@@ -682,19 +682,18 @@ def aot_configs(batch: int = 128, sms: int = 132):
             in_step = dt in ("bf16", "tf32")
             work = lambda op, grid, iterations, step=in_step: conv_work(
                 name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(grid), iterations, step)
-            x2, w2, step, pad = _stride_one(x, w, stride, padding, groups)
-            (_, CG, R, S), reduction = w2.shape, w2[0].numel()  # the form that runs
+            x2, w2, step, pad = _stride_one(x, w, stride, padding, groups)  # the form that runs
             y, grid, args, meta = _fwd_plan(x2, w2, b, step, pad, groups)
-            yield from _tiled(f"{label} fwd", "fwd", _fwd_kernel, args, meta, _fwd_sides,
-                              lambda m: work("fwd", grid(m), triton.cdiv(reduction, m["BLOCK_K"])))
+            yield from _tiled(f"{label} fwd", "fwd", _fwd_kernel, args, meta, _fwd_sides, lambda m: work(
+                "fwd", grid(m), triton.cdiv(m["CG"] * m["KH"] * m["KW"], m["BLOCK_K"])))
             g, _, grid, args, meta = _mask_plan(y, y, bias=True)
             mask_bytes = 3 * y.numel() * ELEMENT_BYTES[dt] + 2 * grid[0] * y.shape[1] * 4  # dy, y, g; db partials
             yield f"{label} relu_mask", _relu_mask_kernel, args, meta, launch_work(
                 name, "relu_mask", dt, prod(grid), 1, 0, mask_bytes, in_step)
             _, grid, args, meta = _dgrad_plan(g, w2, x2.shape, step, pad, groups)
-            taps = triton.cdiv(R, _pair(step, "stride")[0]) * triton.cdiv(S, _pair(step, "stride")[1])
             yield from _tiled(f"{label} dgrad", "dgrad", _dgrad_kernel, args, meta, _dgrad_sides, lambda m: work(
-                "dgrad", grid(m), triton.cdiv(taps * y.shape[1] // groups, m["BLOCK_K"]),
+                "dgrad", grid(m), triton.cdiv(triton.cdiv(m["KH"], m["STRIDE_H"]) * triton.cdiv(m["KW"], m["STRIDE_W"])
+                                              * m["KG"], m["BLOCK_K"]),
                 step=in_step and name != "conv1"))
             _, grid, args, meta = _wgrad_plan(g, x2, w2.shape, step, pad, groups, sms=sms)
             yield from _tiled(f"{label} wgrad", "wgrad", _wgrad_kernel, args, meta, _wgrad_sides, lambda m: work(

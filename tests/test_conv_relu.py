@@ -224,7 +224,7 @@ def test_wgrad_splits_the_reduction(monkeypatch):
 
 def test_conv1_runs_as_a_stride_one_convolution_over_48_channels():
     x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
-    taps, size = conv_relu._space_to_depth((128, *x_shape), w_shape, stride, padding, groups)
+    _, _, taps, size = conv_relu._space_to_depth((128, *x_shape), w_shape, stride, padding, groups)
     assert (taps, size) == ((3, 3), (57, 57)), f"[conv1] space-to-depth form {taps} taps over {size}"
     for name in ("conv2", "conv3", "conv4", "conv5"):
         x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS[name]
