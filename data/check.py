@@ -16,6 +16,7 @@ line; `--exclude-list` on `python -m alexnet.train` reads it and leaves those fi
 """
 
 import argparse
+import io
 import os
 import sys
 from multiprocessing import Pool
@@ -55,18 +56,24 @@ def check_file(path: str | Path) -> str | None:
     return None
 
 
-def quick_check(path: str | Path) -> str | None:
-    """Why `path` cannot be trained on, from its header alone, or None if it looks right.
-    A JPEG that does not end with its end-of-image marker (truncated, or with data appended, as some
-    phones do) is decoded in full by `check_file` to tell which."""
+# How a whole file of these formats ends: JPEG's end-of-image marker, PNG's IEND chunk.
+END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def quick_check(path: str | Path, data: bytes | None = None) -> str | None:
+    """Why `path` cannot be trained on, or None if it looks right, from its header and how it ends;
+    `data`, given, is the file's content, already read. A JPEG or PNG that does not end with its end
+    marker (truncated, or with data appended, as some phones do) and a file of any other format are
+    decoded in full by `check_file`: DALI's decoder can crash on a cut-off PNG instead of failing."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             if image.format not in DALI_FORMATS:
                 return f"{image.format} image, a format DALI's decoder does not take"
-            if image.format in ("JPEG", "MPO"):
-                image.fp.seek(-2, os.SEEK_END)
-                if image.fp.read(2) != b"\xff\xd9":
-                    return check_file(path)
+            end = END_MARKERS.get(image.format)
+            if end is not None:
+                image.fp.seek(-len(end), os.SEEK_END)
+            if end is None or image.fp.read(len(end)) != end:
+                return check_file(path)
     except Exception:
         return check_file(path) or "unreadable"  # names what is wrong: empty, unreadable, not an image, ...
     return None

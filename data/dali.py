@@ -16,6 +16,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from data.check import quick_check
 from data.folder import DatasetError
 from data.plans import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, PlanLoader, bad_files_error, find_bad_files
 
@@ -23,11 +24,18 @@ PREFETCH = 2  # batches DALI prepares ahead: a decode error is looked for in the
 
 
 def _read(path: str) -> np.ndarray:
-    """The bytes of the file at `path`."""
+    """The bytes of the file at `path`, once its header shows an image DALI's decoder takes.
+    DALI 2.4's CPU decoder can crash the process (SIGSEGV in a worker thread) on a file whose header
+    it cannot parse, such as a text file or a cut-off header, instead of raising an error: such a
+    file must never reach it. A file whose header is whole but whose data is not fails in DALI with
+    an error, which the loader turns into one naming the file."""
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise bad_files_error([f"{path}: unreadable: {e.strerror or e}"]) from e
+    if reason := quick_check(path, data.tobytes()):
+        raise bad_files_error([f"{path}: {reason}"])
+    return data
 
 
 class _PlanSource:
