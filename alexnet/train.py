@@ -227,10 +227,10 @@ def accuracy(logits, target, topk=(1, 5)) -> list[float]:
 
 @torch.no_grad()
 def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext, reduce=None) -> dict:
-    """Mean loss, top-1 and top-5 accuracy of `model` over `loader`. `reduce`, given, sums the
-    (loss, top-1 hits, top-5 hits, samples) totals over the data-parallel ranks' shards."""
+    """Mean loss, and top-1 and top-5 accuracy in percent, of `model` over `loader`. `reduce`, given,
+    sums the (loss, top-1 hits, top-5 hits, samples) totals over the data-parallel ranks' shards."""
     model.eval()
-    total = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0}
+    total = {"loss": 0.0, "top1": 0.0, "top5": 0.0}
     n = 0
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         with autocast():
@@ -238,18 +238,18 @@ def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext, reduce=
         acc1, acc5 = accuracy(logits, labels)
         b = len(labels)
         total["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
-        total["acc1"] += round(acc1 * b)  # counts of hits, exact when summed over ranks
-        total["acc5"] += round(acc5 * b)
+        total["top1"] += round(acc1 * b)  # counts of hits, exact when summed over ranks
+        total["top5"] += round(acc5 * b)
         n += b
     totals = torch.tensor([*total.values(), n], dtype=torch.float64)
     *sums, n = (reduce(totals) if reduce else totals).tolist()
-    return {k: v / n for k, v in zip(total, sums)}
+    return {k: v / n * (1 if k == "loss" else 100) for k, v in zip(total, sums)}
 
 
 def train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler) -> dict:
     """One pass over `loader`; `on_step(step_in_epoch)` runs after every step and returns True to
     stop early. The forward runs under `autocast()`; `scaler` (a GradScaler) scales the loss.
-    Returns the epoch's mean loss, top-1 and images per second."""
+    Returns the epoch's mean loss, top-1 accuracy in percent and images per second."""
     model.train()
     loss_sum, acc_sum, n, start = 0.0, 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", dynamic_ncols=True)
@@ -271,7 +271,7 @@ def train_one_epoch(model, optimizer, loader, epoch, on_step, autocast, scaler) 
             break
     bar.close()
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(n, 1), "train_acc1": acc_sum / max(n, 1),
+    return {"train_loss": loss_sum / max(n, 1), "train_top1": 100 * acc_sum / max(n, 1),
             "img_per_s": n / seconds, "train_seconds": seconds}
 
 
@@ -458,7 +458,7 @@ def main(args) -> dict:
         val = evaluate(net, val_loader, autocast=autocast, reduce=layout.sum_over_replicas)
         lr = optimizer.param_groups[0]["lr"]
         if args.lr_scheduler == "plateau":
-            scheduler.step(val["acc1"])
+            scheduler.step(val["top1"])
         else:
             scheduler.step()
         epoch, step_in_epoch = epoch + 1, 0
