@@ -14,6 +14,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -134,3 +135,50 @@ def load_model_state(model: nn.Module, state: dict, path: Path | str) -> None:
     if problems:
         raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems))
     model.load_state_dict(saved)
+
+
+# The output folder: one run's files. A run refuses a folder that holds another run's, so that two runs'
+# metrics and checkpoints never mix.
+CHECKPOINT, BEST, METRICS, ARGS = "checkpoint.pth", "model_best.pth", "metrics.jsonl", "args.json"
+RUN_FILES = (CHECKPOINT, BEST, METRICS, ARGS)
+
+
+def prepare_output_dir(out: Path, resume: str, overwrite: bool) -> None:
+    """Make the run's folder `out`, or stop with a CheckpointError naming it: when it is not a writable
+    folder, or when it holds another run's files and this run neither resumes from its checkpoint nor
+    was told to `overwrite` them (which removes them). A resumed run keeps the metrics of the epochs
+    its checkpoint has finished and drops later ones (left by a run that went on past it)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"--output-dir {out} cannot be made a folder: {e.strerror or e}") from e
+    if not os.access(out, os.W_OK):
+        raise CheckpointError(f"--output-dir {out} is not writable")
+    used = [name for name in RUN_FILES if (out / name).exists()]
+    continuing = bool(resume) and Path(resume).resolve().parent == out.resolve()
+    if used and not continuing and not overwrite:
+        raise CheckpointError(
+            f"--output-dir {out} holds another run ({', '.join(used)}): give --resume {out / CHECKPOINT} to "
+            f"carry it on, another --output-dir, or --overwrite to replace it")
+    if overwrite and not continuing:
+        for name in used:
+            (out / name).unlink(missing_ok=True)  # every rank of a torchrun job does this
+
+
+def keep_metrics_until(path: Path, epochs_done: int) -> None:
+    """Drop the lines of the metrics file `path` after epoch `epochs_done` (a resumed run writes them again)."""
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if json.loads(line)["epoch"] <= epochs_done))
+
+
+def save_best(path: Path, best: Path) -> None:
+    """Make `best` the checkpoint just saved at `path`: a hard link (no copy, no space) where the file
+    system allows, else a copy; atomically, so a reader never sees half of it."""
+    tmp = best.with_name(f"{best.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, best)

@@ -106,14 +106,14 @@ def test_replicated_tower_run_checkpoint_is_the_single_device_models(tiny_data, 
     process evaluating it gets the validation numbers the replicas summed over their shards (top-1
     exactly: the same counts). Slow: ~70 s."""
     result = torchrun(4, tiny_data, tmp_path, "--towers", "2", "--epochs", "1")
-    assert result.stdout.count("epoch 1/1") == 1, "rank 1 printed too, or nobody did:\n" + result.stdout
+    assert result.stdout.count("epoch 1/1:") == 1, "rank 1 printed too, or nobody did:\n" + result.stdout
     state = checkpoint.load(tmp_path / "checkpoint.pth")
     checkpoint.load_model_state(AlexNet(num_classes=3), state, tmp_path / "checkpoint.pth")
     assert len(state["rank_rng"]) == 4 and state["optimizer"]["state"][0]["momentum_buffer"].shape == (96, 3, 11, 11)
     towers_val = json.loads((tmp_path / "metrics.jsonl").read_text())
     single = main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--test-only", "-b", "2",
                                                 "--resume", str(tmp_path / "checkpoint.pth")]))
-    assert single["acc1"] == towers_val["val_acc1"] and single["acc5"] == towers_val["val_acc5"]
+    assert single["top1"] == towers_val["val_top1"] and single["top5"] == towers_val["val_top5"]
     assert single["loss"] == pytest.approx(towers_val["val_loss"], rel=1e-4)
 
 

@@ -3,6 +3,7 @@ bad input is named."""
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import torch
 
 from alexnet import checkpoint
 from alexnet.model import AlexNet
-from alexnet.train import apply_recipe, get_args_parser, main
+from alexnet.train import get_args_parser, main, resolve_args
 from data.embedded import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_uninterrupted_run_writes_checkpoint_and_metrics(uninterrupted):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert [r["step"] for r in lines] == [3, 6]
     for r in lines:
-        assert 0 <= r["val_acc1"] <= r["val_acc5"] <= 1 and r["img_per_s"] > 0 and r["lr"] == 0.01
+        assert 0 <= r["val_top1"] <= r["val_top5"] <= 100 and r["img_per_s"] > 0 and r["lr"] == 0.01
     state = torch.load(uninterrupted / "checkpoint.pth", weights_only=True)
     assert state["classes"] == ["checks", "crosshatch", "dots"] and state["args"]["batch_size"] == 4
     assert isinstance(state["args"], dict) and state["rng"]["torch"].dtype == torch.uint8
@@ -84,7 +85,7 @@ def test_resume_with_another_batch_size_continues_at_the_sample_or_is_refused(ti
     run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "2", "--resume", ckpt,
              "--max-steps", "2", "--lr", "0.05")
     out = capsys.readouterr().out
-    assert "at epoch 0, sample 4 of the epoch (step 2 at -b 2)" in out
+    assert "in epoch 1, at sample 4 of the epoch (step 2 at -b 2)" in out
     assert "lr set to 0.05 by --lr (the checkpoint's was 0.01)" in out
     state = checkpoint.load(ckpt)
     assert (state["epoch"], state["samples_in_epoch"], state["step_in_epoch"], state["step"]) == (0, 6, 3, 2)
@@ -105,7 +106,7 @@ def test_test_only_evaluates_a_checkpoint(tiny_data, uninterrupted):
                                          str(uninterrupted / "checkpoint.pth"), "--test-only", "-b", "4"])
     metrics = main(args)
     last = json.loads((uninterrupted / "metrics.jsonl").read_text().splitlines()[-1])
-    assert metrics["acc1"] == pytest.approx(last["val_acc1"]) and metrics["loss"] == pytest.approx(last["val_loss"])
+    assert metrics["top1"] == pytest.approx(last["val_top1"]) and metrics["loss"] == pytest.approx(last["val_loss"])
 
 
 def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path):
@@ -163,8 +164,8 @@ checkpoint.save({{"arch": checkpoint.ARCH, "model": {{}}}}, {str(path)!r})
 
 def test_train_names_a_full_disk_keeps_the_last_checkpoint_and_removes_leftovers(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "checkpoint.pth").write_bytes(b"the last good one")
+    run_main("--data-path", str(tiny_data), "--output-dir", str(out), "-b", "4", "--max-steps", "1")
+    last_good = (out / "checkpoint.pth").read_bytes()
     (out / "checkpoint.pth.4242.tmp").write_bytes(b"left by a killed save")
 
     def disk_full(obj, f):  # what torch.save raises when the disk fills up under it
@@ -173,9 +174,9 @@ def test_train_names_a_full_disk_keeps_the_last_checkpoint_and_removes_leftovers
     monkeypatch.setattr(torch, "save", disk_full)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
     with pytest.raises(SystemExit, match=r"^error: no space left on /\S*: the checkpoint needs about \d+ MB$"):
-        run_main("--data-path", str(tiny_data), "--output-dir", str(out), "-b", "4", "--max-steps", "1")
+        run_main("--resume", str(out / "checkpoint.pth"), "--output-dir", str(out), "--max-steps", "2")
     assert not list(out.glob("*.tmp"))
-    assert (out / "checkpoint.pth").read_bytes() == b"the last good one"
+    assert (out / "checkpoint.pth").read_bytes() == last_good
 
 
 def test_a_flipped_bit_in_a_checkpoint_is_named(tmp_path, tiny_data):
@@ -321,7 +322,7 @@ def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_da
     checkpoint.save({"arch": checkpoint.ARCH, "model": AlexNet(num_classes=3).state_dict(),
                      "classes": ["checks", "crosshatch", "dots"]}, tmp_path / "weights.pth")
     metrics = run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "weights.pth"), "--test-only", "-b", "4")
-    assert 0 <= metrics["acc1"] <= metrics["acc5"] <= 1
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     with pytest.raises(SystemExit, match="holds no training state .*optimizer.* it can be evaluated with --test-only"):
         run_main("--data-path", str(tiny_data), "--resume", str(tmp_path / "weights.pth"), "-b", "4",
                  "--output-dir", str(tmp_path / "out"))
@@ -335,5 +336,62 @@ def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_da
 ])
 def test_defaults_depend_on_the_data_and_flags_win(flags, want):
     args = get_args_parser().parse_args(flags)
-    apply_recipe(args)
+    resolve_args(args, None)
     assert {key: getattr(args, key) for key in want} == want
+
+
+def test_piped_logs_are_plain_lines_with_1_based_epochs(tiny_data, tmp_path):
+    result = train_cli(tiny_data, tmp_path, "--epochs", "1", "--print-freq", "2")
+    steps = [line for line in result.stdout.splitlines() if line.startswith("epoch 1/1  step")]
+    assert [line.split()[3] for line in steps] == ["2/3", "3/3"], result.stdout
+    for line in steps:
+        assert re.fullmatch(r"epoch 1/1  step \d/3  loss \d+\.\d{4}  lr 0\.01  \d+\.\d img/s  data \d+\.\d{3} s", line), line
+    assert "\r" not in result.stdout + result.stderr, "a progress bar was drawn into a pipe"
+    assert re.search(r"^epoch 1/1: train loss .* val loss .* top-1 \d+\.\d\d %, top-5 \d+\.\d\d % \(best\)",
+                     result.stdout, re.M), result.stdout
+    assert "kernels: torch (--kernels triton or --kernels compile to compare)" in result.stdout
+
+
+def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(tiny_data, uninterrupted, tmp_path):
+    shutil.copytree(uninterrupted, tmp_path / "run")
+    with pytest.raises(SystemExit, match=f"--output-dir {tmp_path / 'run'} holds another run \\(checkpoint.pth, "
+                                         "model_best.pth, metrics.jsonl, args.json\\): give --resume"):
+        run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path / "run"), "-b", "4")
+    with pytest.raises(SystemExit, match="holds another run"):  # resuming another run's checkpoint into it
+        run_main("--resume", str(uninterrupted / "checkpoint.pth"), "--output-dir", str(tmp_path / "run"))
+    run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path / "run"), "-b", "4", "--overwrite",
+             "--epochs", "1", "--seed", "5")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1], "the old run's metrics were kept"
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["seed"] == 5
+
+
+def test_resume_takes_the_data_and_recipe_from_the_checkpoint(tiny_data, uninterrupted, tmp_path):
+    """Only --resume and --epochs: the data path, -b and seed come from the checkpoint, and it says so."""
+    train_cli(tiny_data, tmp_path, "--epochs", "1")
+    result = subprocess.run([sys.executable, "-m", "alexnet.train", "--resume", str(tmp_path / "checkpoint.pth"),
+                             "--output-dir", str(tmp_path), "--epochs", "2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"from {tmp_path / 'checkpoint.pth'}'s arguments (a flag given now overrides one): --data-path {tiny_data}, " \
+           f"--batch-size 4, " in result.stdout and "--seed 3" in result.stdout, result.stdout
+    assert_same_state(tmp_path / "checkpoint.pth", uninterrupted / "checkpoint.pth")
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    best = max(range(2), key=lambda i: json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[i])["val_top1"])
+    assert checkpoint.load(tmp_path / "model_best.pth")["epoch"] == best + 1
+    assert json.loads((tmp_path / "args.json").read_text())["data_path"] == str(tiny_data)
+
+
+def test_the_default_backend_is_torch_whatever_the_machine(monkeypatch):
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        for flags in ([], ["--data-path", "d"]):
+            args = get_args_parser().parse_args(flags)
+            resolve_args(args, None)
+            assert args.kernels == "torch" and args.epochs == (7 if not flags else 90)
+
+
+def test_triton_on_the_cpu_needs_allow_interpreter(tiny_data, tmp_path):
+    with pytest.raises(SystemExit, match=r"--kernels triton on the CPU runs Triton's interpreter, about 18 minutes "
+                                         r"per step at -b 4: .* add --allow-interpreter"):
+        run_main("--data-path", str(tiny_data), "--kernels", "triton", "-b", "4", "--output-dir", str(tmp_path))
