@@ -1,11 +1,12 @@
 """A PNG of a benchmark run: each layer's measured time per backend, next to its floor on a chosen GPU.
 
     pytest bench/ --benchmark-only --benchmark-json BENCH.json
-    python -m bench.plot BENCH.json [--gpu h100] [--batch 128] [--dtype bf16] [-o bench.png]
+    python -m bench.plot BENCH.json [--gpu h100] [--batch 128] [--dtype {fp32,tf32,bf16,fp16}] [-o bench.png]
 
 Grouped bars on a log scale, one group per measured layer and pass (bench.roofline's rows), one bar per
 backend, the last (grey) the floor. Interpreted Triton bars are hatched: those times are not speeds. A CPU
 run's shapes are shrunk, so its bars and the batch-128 floors are not like for like; the title says so.
+--dtype and --gpu default to what the file holds, as bench.roofline's (file_defaults).
 """
 
 import argparse
@@ -16,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.costs import ELEMENT_BYTES, GPUS  # noqa: E402
-from bench.roofline import floors_ms, load_measurements  # noqa: E402
+from bench.roofline import DEFAULT_GPU, floors_ms, from_file  # noqa: E402
 
 WIDTH_IN, HEIGHT_IN, DPI = 14, 6, 100
 
@@ -45,20 +46,21 @@ def plot(measured: dict, floors: dict, title: str, path: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("json", metavar="BENCH.json")
-    parser.add_argument("--gpu", choices=list(GPUS), default="h100")
+    parser.add_argument("--gpu", choices=list(GPUS),
+                        help=f"the floors' GPU (default: the file's, when known, else {DEFAULT_GPU})")
     parser.add_argument("--batch", type=int, default=128, help="batch of the floors")
-    parser.add_argument("--dtype", choices=list(ELEMENT_BYTES), default="bf16")
+    parser.add_argument("--dtype", choices=list(ELEMENT_BYTES), help="default: the file's (bf16 among others)")
     parser.add_argument("-o", "--output", default="bench.png")
     args = parser.parse_args(argv)
-    measured = load_measurements(args.json, args.dtype)
-    gpu = GPUS[args.gpu]
+    dtype, gpu_name, measured = from_file(args.json, args.dtype, args.gpu)
+    gpu = GPUS[gpu_name]
     devices = sorted({m["device"] for by_backend in measured.values() for m in by_backend.values()})
     caveat = " (CPU: shrunk shapes, not comparable with the floors)" if "cpu" in devices else ""
     title = (f"{args.json}: measured on {', '.join(devices)}{caveat}\n"
-             f"floor: {gpu.name} vendor peaks, batch {args.batch}, {args.dtype}")
-    plot(measured, floors_ms(gpu, args.dtype, args.batch), title, args.output)
+             f"floor: {gpu.name} vendor peaks, batch {args.batch}, {dtype}")
+    plot(measured, floors_ms(gpu, dtype, args.batch), title, args.output)
     print(f"wrote {args.output}")
 
 

@@ -1,7 +1,7 @@
 """The roofline of AlexNet's training step: for every layer and pass, its FLOPs, the fewest bytes it must move,
 and the time neither could be beaten in on a given GPU; with a pytest-benchmark JSON, the measured times too.
 
-    python -m bench.roofline --gpu {h100,h200,a100} [--batch 128] [--dtype {fp32,tf32,bf16,fp16}] [--json BENCH.json]
+    python -m bench.roofline [--gpu h100] [--batch 128] [--dtype {fp32,tf32,bf16,fp16}] [--json BENCH.json]
 
 compute floor = FLOPs / peak FLOP/s, memory floor = bytes / peak bandwidth, floor = the larger (bench.costs
 has the formulas and the vendor peaks). The "train step" row is every pass a training step runs (conv1's dgrad
@@ -12,15 +12,19 @@ With --json (`pytest bench/ --benchmark-only --benchmark-json BENCH.json`) each 
 is matched to its row by the `layer` and `pass` in its extra_info, and the table gets, per backend, the median
 time and floor / time (1.0 is the roofline). That fraction means something only for a GPU run at the same
 batch: a CPU run's shapes are shrunk, so it reads "n/a (CPU)", and interpreted Triton times are marked so.
+The file's extra_info also sets the defaults (file_defaults): --dtype, what its benchmarks ran at (bf16 when
+it holds bf16, as a GPU run does, else its most common dtype; fp32 as tf32 when its convs record TF32), and
+--gpu, the GPU it ran on when bench.costs knows it, else h100 (a CPU run's too), as without --json.
 """
 
 import argparse
 import json
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
-from bench.costs import ELEMENT_BYTES, GPUS, Gpu, conv_costs, linear_costs, lrn_costs, pool_costs, sgd_costs
+from bench.costs import ELEMENT_BYTES, GPUS, Gpu, conv_costs, gpu_key, linear_costs, lrn_costs, pool_costs, sgd_costs
 from kernels.interpret import prepare
 
 with warnings.catch_warnings():  # the roofline runs no kernel: prepare()'s "interpreter is slow" is noise here
@@ -34,6 +38,8 @@ LINEARS = {"fc6": (256 * 6 * 6, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}
 NETWORK_ORDER = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4", "conv5", "pool5",
                  "fc6", "fc7", "fc8"]
 TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # as benchmarks record it
+FROM_TORCH = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DEFAULT_GPU, DEFAULT_DTYPE = "h100", "bf16"
 STEP = ("train step", "step")
 
 
@@ -85,21 +91,59 @@ def step_rows(rows: list[Row]) -> list[Row]:
     return ran + sgd
 
 
-def load_measurements(path: str, dtype: str) -> dict:
+def read_benchmarks(path: str) -> list[dict]:
+    """The benchmarks of a pytest-benchmark JSON; exits naming the file if it is not one."""
+    try:
+        with open(path) as f:
+            return json.load(f)["benchmarks"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        sys.exit(f"{path}: cannot read it as a pytest-benchmark JSON ({type(error).__name__}: {error})")
+
+
+def layer_benchmarks(path: str, benchmarks: list[dict]) -> list[dict]:
+    """The benchmarks with a row here: a layer, pass, backend and dtype in their extra_info; exits if none has."""
+    usable = [b for b in benchmarks if {"layer", "pass", "backend", "dtype"} <= b.get("extra_info", {}).keys()
+              and b["extra_info"]["dtype"] in FROM_TORCH]
+    if not usable:
+        sys.exit(f"{path}: none of its {len(benchmarks)} benchmarks records a layer, pass, backend and dtype "
+                 "(bench/test_conv.py, test_lrn_pool.py and test_train_step.py do): nothing to set beside the floors")
+    return usable
+
+
+def file_defaults(path: str, benchmarks: list[dict]) -> tuple[str, str]:
+    """(dtype, GPUS key) of a benchmark file: bf16 if it holds bf16 rows, else its most common dtype (fp32 as tf32
+    when its convs record TF32); the GPU its rows ran on when bench.costs knows it, else DEFAULT_GPU."""
+    infos = [b["extra_info"] for b in layer_benchmarks(path, benchmarks)]
+    held = Counter(info["dtype"] for info in infos)
+    dtype = FROM_TORCH["bfloat16" if "bfloat16" in held else held.most_common(1)[0][0]]
+    if dtype == "fp32" and any(info["dtype"] == "float32" and info.get("precision") == "tf32" for info in infos):
+        dtype = "tf32"
+    gpus = {gpu_key(info.get("device", "cpu")) for info in infos} - {None}
+    return dtype, gpus.pop() if len(gpus) == 1 else DEFAULT_GPU
+
+
+def load_measurements(path: str, dtype: str, benchmarks: list[dict] | None = None) -> dict:
     """{(layer, pass): {backend: benchmark's extra_info plus "ms", its median}} for the benchmarks at `dtype`."""
-    with open(path) as f:
-        benchmarks = json.load(f)["benchmarks"]
+    benchmarks = layer_benchmarks(path, read_benchmarks(path) if benchmarks is None else benchmarks)
     wanted = TORCH_DTYPES[dtype]
     measured = {}
     for bench in benchmarks:
         info = bench["extra_info"]
-        if info.get("dtype") == wanted and "layer" in info and "pass" in info:
+        if info["dtype"] == wanted:
             measured.setdefault((info["layer"], info["pass"]), {})[info["backend"]] = {
                 **info, "ms": bench["stats"]["median"] * 1e3}
     if not measured:
-        found = sorted({b["extra_info"].get("dtype") for b in benchmarks} - {None})
-        sys.exit(f"{path}: no benchmark at {dtype} ({wanted}); it holds {', '.join(found) or 'none'}")
+        found = sorted({FROM_TORCH[b["extra_info"]["dtype"]] for b in benchmarks})
+        sys.exit(f"{path}: no benchmark at {dtype} ({wanted}); it holds {', '.join(found)}")
     return measured
+
+
+def from_file(path: str, dtype: str | None = None, gpu: str | None = None) -> tuple[str, str, dict]:
+    """(dtype, GPUS key, load_measurements) of a benchmark file, dtype and gpu defaulting to file_defaults."""
+    benchmarks = read_benchmarks(path)
+    file_dtype, file_gpu = file_defaults(path, benchmarks)
+    dtype, gpu = dtype or file_dtype, gpu or file_gpu
+    return dtype, gpu, load_measurements(path, dtype, benchmarks)
 
 
 def time_cell(m: dict) -> str:
@@ -150,20 +194,24 @@ def render(cells: list[list[str]]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", choices=list(GPUS), required=True)
+    parser = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", choices=list(GPUS),
+                        help=f"the floors' GPU (default: the --json file's, when known, else {DEFAULT_GPU})")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dtype", choices=list(ELEMENT_BYTES), default="bf16")
+    parser.add_argument("--dtype", choices=list(ELEMENT_BYTES),
+                        help=f"default: the --json file's (bf16 among others), else {DEFAULT_DTYPE}")
     parser.add_argument("--json", metavar="BENCH.json", help="a pytest-benchmark JSON to compare with the floors")
     args = parser.parse_args(argv)
-    gpu = GPUS[args.gpu]
-    measured = load_measurements(args.json, args.dtype) if args.json else None
-    print(f"Floors on an {gpu.name}, batch {args.batch}, {args.dtype}, from vendor peaks "
-          f"({gpu.tflops[args.dtype]:g} TFLOP/s, {gpu.bandwidth / 1e12:g} TB/s): lower bounds, not measurements.")
+    measured = None
+    if args.json:
+        args.dtype, args.gpu, measured = from_file(args.json, args.dtype, args.gpu)
+    dtype, gpu = args.dtype or DEFAULT_DTYPE, GPUS[args.gpu or DEFAULT_GPU]
+    print(f"Floors on an {gpu.name}, batch {args.batch}, {dtype}, from vendor peaks "
+          f"({gpu.tflops[dtype]:g} TFLOP/s, {gpu.bandwidth / 1e12:g} TB/s): lower bounds, not measurements.")
     if measured:
         devices = sorted({m["device"] for by_backend in measured.values() for m in by_backend.values()})
         print(f"Measured ({args.json}, median ms) on: {', '.join(devices)}")
-    print(render(table(gpu, args.dtype, args.batch, measured)))
+    print(render(table(gpu, dtype, args.batch, measured)))
 
 
 if __name__ == "__main__":

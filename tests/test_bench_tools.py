@@ -1,12 +1,14 @@
 """bench.roofline and bench.plot: the floors reproduce design.md's anchors, and a pytest-benchmark JSON
-becomes the right table rows and a real PNG."""
+becomes the right table rows and a real PNG, a CPU run's too, at the dtype and GPU the file holds; --help of
+both and of bench.report names the command and does nothing else."""
 
 import json
+import re
 import struct
 
 import pytest
 
-from bench import plot, roofline
+from bench import plot, report, roofline
 from bench.costs import GPUS
 
 H100 = GPUS["h100"]
@@ -86,3 +88,59 @@ def test_plot_writes_a_png(bench_json, tmp_path):
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
     assert (width, height) == (plot.WIDTH_IN * plot.DPI, plot.HEIGHT_IN * plot.DPI)
     assert len(data) > 10_000, f"[bench.png] {len(data)} bytes: an empty plot?"
+
+
+@pytest.fixture
+def cpu_json(tmp_path):
+    """What `pytest bench/ --benchmark-only --benchmark-json` records on a CPU: fp32 only (the convs as TF32),
+    batch 1, Triton interpreted, and benchmarks with no layer (the towers, the data pipeline)."""
+    conv = [benchmark("conv1", "fwd", backend, ms, dtype="float32", interpreted=backend == "triton")
+            for backend, ms in (("triton", 4000.0), ("torch", 3.0), ("compile", 2.0))]
+    for row in conv:
+        row["extra_info"]["precision"] = "tf32"  # bench/test_conv.py's, conv_relu.ALLOW_TF32 on any device
+    benchmarks = conv + [benchmark("lrn1", "fwd", "torch", 1.0, dtype="float32"),
+                         {"name": "test_one_tower", "stats": {"median": 0.2},
+                          "extra_info": {"device": "cpu", "dtype": "float32", "towers": 1}},
+                         {"name": "test_data_pipeline[pil-cpu]", "stats": {"median": 1.0},
+                          "extra_info": {"device": "cpu", "loader": "pil"}}]
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps({"benchmarks": benchmarks}))
+    return path
+
+
+def test_roofline_and_plot_default_to_the_files_dtype_and_device(cpu_json, tmp_path, capsys):
+    roofline.main(["--json", str(cpu_json)])
+    out = capsys.readouterr().out
+    assert out.startswith("Floors on an H100 SXM, batch 128, tf32,"), out  # fp32 rows, TF32 convs; no known GPU
+    assert "4000 interpreted" in out and "n/a (CPU)" in out, out
+    png = tmp_path / "cpu.png"
+    plot.main([str(cpu_json), "-o", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "[cpu.png] not a PNG"
+
+    benchmarks = json.loads(cpu_json.read_text())["benchmarks"]
+    lrn_only = [b for b in benchmarks if b["extra_info"].get("layer") == "lrn1"]
+    assert roofline.file_defaults("x.json", lrn_only) == ("fp32", "h100")
+    h200 = [benchmark("lrn1", "fwd", "torch", 1.0, device="NVIDIA H200", dtype=dtype)
+            for dtype in ("float32", "float16", "bfloat16")]
+    assert roofline.file_defaults("x.json", h200) == ("bf16", "h200"), "[GPU file] bf16 among others, its GPU"
+
+
+def test_roofline_and_plot_name_a_file_with_nothing_to_show(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": [{"name": "test_one_tower", "stats": {"median": 0.2},
+                                                 "extra_info": {"device": "cpu", "towers": 1}}]}))
+    for main, argv in ((roofline.main, ["--json", str(empty)]), (plot.main, [str(empty)])):
+        with pytest.raises(SystemExit, match=f"{re.escape(str(empty))}: none of its 1 benchmarks records"):
+            main(argv)
+    with pytest.raises(SystemExit, match="missing.json: cannot read it as a pytest-benchmark JSON"):
+        plot.main([str(tmp_path / "missing.json")])
+
+
+@pytest.mark.parametrize("module", [roofline, plot, report])
+def test_help_names_the_command_and_does_nothing(module, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module.__name__} "), module.__name__
+    assert not list(tmp_path.iterdir()), f"[{module.__name__} --help] wrote {list(tmp_path.iterdir())}"
