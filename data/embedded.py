@@ -146,7 +146,8 @@ def ensure_embedded(root: Path | str | None = None, progress: bool = True) -> Pa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m data.embedded", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help=f"where to put it (default: {default_root()})")
     args = parser.parse_args(argv)
     print(ensure_embedded(args.root))
