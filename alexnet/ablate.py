@@ -1,4 +1,4 @@
-"""The paper's ablations: train each variant with the same seed and data, and compare their errors.
+"""The paper's ablations: train each variant with the same seed and data, and compare their accuracies.
 
     python -m alexnet.ablate                                        # every variant, train's default recipe
     python -m alexnet.ablate --variants paper no-lrn no-overlap --epochs 10 --lr 0.001
@@ -8,20 +8,21 @@ Variants: `paper` (the network as published), `no-lrn`, `no-overlap` (2x2 poolin
 `no-groups` (one tower, same widths), `no-dropout`, `no-lighting` (no PCA lighting noise). Every
 flag this command does not know goes to `python -m alexnet.train` unchanged, for every variant;
 each variant trains into OUTPUT/<variant>/ and is then evaluated (centre crop, or `--ten-crop`) on
-the validation split. The table (as in the paper: top-1 and top-5 error, and each one's change
-from `paper`) is printed and written to OUTPUT/ablation.json and OUTPUT/ablation.png.
+the validation split. The table (top-1 and top-5 accuracy in percent, and each one's change from
+`paper` in points) is printed and written to OUTPUT/ablation.json and OUTPUT/ablation.png. The
+paper quotes error rates instead: 100 - accuracy (a drop in accuracy is a rise in error).
 On the embedded dataset a short run's differences are mostly noise: read them as a demonstration.
 """
 
 import argparse
 import json
-import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from alexnet import train
 from alexnet.evaluate import evaluate_checkpoint
+from alexnet.figures import save
 from alexnet.train import resolve_device
 
 VARIANTS = {"paper": [], "no-lrn": ["--no-lrn"], "no-overlap": ["--no-overlap"], "no-groups": ["--no-groups"],
@@ -66,36 +67,32 @@ def run(args, train_flags: list[str]) -> list[dict]:
         summary = evaluate_checkpoint(out / "checkpoint.pth", targs.data_path, targs.batch_size,
                                       resolve_device(targs.device), targs.workers, args.ten_crop, targs.kernels,
                                       targs.exclude_list)
-        rows.append({"variant": name, "top1_err": summary["top1_err"], "top5_err": summary["top5_err"]})
+        rows.append({"variant": name, "top1": summary["top1"], "top5": summary["top5"]})
     paper = rows[0]
     for r in rows:
-        r["d_top1"], r["d_top5"] = r["top1_err"] - paper["top1_err"], r["top5_err"] - paper["top5_err"]
+        r["d_top1"], r["d_top5"] = r["top1"] - paper["top1"], r["top5"] - paper["top5"]
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'variant':<12} {'top-1 err':>9} {'top-5 err':>9} {'d top-1':>8} {'d top-5':>8}"]
-    lines += [f"{r['variant']:<12} {100 * r['top1_err']:>8.1f}% {100 * r['top5_err']:>8.1f}% "
-              f"{100 * r['d_top1']:>+8.1f} {100 * r['d_top5']:>+8.1f}" for r in rows]
+    """Accuracies in percent, changes from `paper` in points."""
+    lines = [f"{'variant':<12} {'top-1 %':>8} {'top-5 %':>8} {'d top-1':>8} {'d top-5':>8}"]
+    lines += [f"{r['variant']:<12} {r['top1']:>8.1f} {r['top5']:>8.1f} {r['d_top1']:>+8.1f} {r['d_top5']:>+8.1f}"
+              for r in rows]
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path | str, title: str) -> Path:
-    """Grouped bars: top-1 and top-5 error of each variant, the title (the run's flags) wrapped."""
-    width = 1.4 * len(rows) + 2
-    fig = Figure(figsize=(width, 4.4))
+def plot(rows: list[dict], title: str) -> Figure:
+    """Grouped bars: each variant's top-1 and top-5 accuracy (%), the values on the bars."""
+    fig = Figure(figsize=(max(6.0, 1.2 * len(rows) + 2), 4.5), layout="constrained")
     ax = fig.add_subplot()
-    x = range(len(rows))
-    for offset, key, label in ((-0.2, "top1_err", "top-1"), (0.2, "top5_err", "top-5")):
-        bars = ax.bar([i + offset for i in x], [100 * r[key] for r in rows], 0.4, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(list(x), [r["variant"] for r in rows])
-    ax.set(ylabel="validation error (%)", ylim=(0, 105))
-    ax.set_title(textwrap.fill(title, int(width * 11)), fontsize=8)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    for offset, key, label in ((-0.2, "top1", "top-1"), (0.2, "top5", "top-5")):
+        bars = ax.bar([i + offset for i in range(len(rows))], [r[key] for r in rows], 0.4, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=9, padding=2)
+    ax.set_xticks(range(len(rows)), [r["variant"] for r in rows])
+    ax.set(ylabel="validation accuracy (%)", ylim=(0, 112), yticks=range(0, 101, 20), title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
+    return fig
 
 
 def main(argv=None) -> list[dict]:
@@ -104,8 +101,8 @@ def main(argv=None) -> list[dict]:
     out = Path(args.output_dir)
     (out / "ablation.json").write_text(json.dumps({"train_flags": train_flags, "ten_crop": args.ten_crop,
                                                    "rows": rows}, indent=1) + "\n")
-    title = f"ablations ({'ten-crop' if args.ten_crop else 'centre crop'}): {' '.join(train_flags) or 'defaults'}"
-    png = plot(rows, out / "ablation.png", title)
+    png = save(plot(rows, f"Ablations: validation accuracy, {'ten-crop' if args.ten_crop else 'centre crop'}"),
+               out / "ablation.png")
     print(f"\n{table(rows)}\n\ntable: {out / 'ablation.json'}\nchart: {png}")
     return rows
 

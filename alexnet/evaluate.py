@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on a validation split: top-1 and top-5 error, per class, and what it confuses.
+"""Evaluate a checkpoint on a validation split: top-1 and top-5 accuracy, per class, and what it confuses.
 
     python -m alexnet.evaluate --checkpoint output/checkpoint.pth                 # embedded dataset, centre crop
     python -m alexnet.evaluate --checkpoint output/checkpoint.pth --ten-crop      # the paper's test-time procedure
@@ -7,7 +7,8 @@
 Centre crop: the one 227x227 crop training validates on. Ten-crop (the paper's): the softmax
 averaged over the four corner crops, the centre crop and the mirror images of all five. The
 network is rebuilt as the variant the checkpoint was trained as (its ablation switches), and the
-data's classes must be the checkpoint's.
+data's classes must be the checkpoint's. Accuracies are in percent, as training reports them
+(the paper quotes error rates: 100 - accuracy).
 """
 
 import argparse
@@ -46,8 +47,13 @@ def predict_split(trained: Trained, samples: list[tuple[str, int]], batch_size: 
     return torch.cat(probs), torch.cat(labels)
 
 
+def percent(hits: torch.Tensor) -> float:
+    """The share of True in `hits`, in percent."""
+    return 100 * hits.sum().item() / hits.numel()
+
+
 def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], pairs: int = 10) -> dict:
-    """Top-1/top-5 error overall and per class, and the `pairs` most frequent (true, predicted) mistakes."""
+    """Top-1/top-5 accuracy (%) overall and per class, and the `pairs` most frequent (true, predicted) mistakes."""
     k = min(5, len(classes))
     top = probs.topk(k, dim=1).indices
     hit1, hit5 = top[:, 0] == labels, (top == labels[:, None]).any(1)
@@ -56,8 +62,7 @@ def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], pai
         mine = labels == c
         n = int(mine.sum())
         if n:
-            per_class.append({"class": name, "images": n, "top1_err": 1 - hit1[mine].float().mean().item(),
-                              "top5_err": 1 - hit5[mine].float().mean().item()})
+            per_class.append({"class": name, "images": n, "top1": percent(hit1[mine]), "top5": percent(hit5[mine])})
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
     confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
     mistakes = confusion.clone().fill_diagonal_(0)
@@ -65,18 +70,15 @@ def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], pai
     confused = [{"true": classes[i // len(classes)], "predicted": classes[i % len(classes)], "images": int(n),
                  "of_true": int(n) / int(confusion[i // len(classes)].sum())}
                 for n, i in zip(counts.tolist(), flat.tolist()) if n > 0]
-    return {"images": len(labels), "top1_err": 1 - hit1.float().mean().item(),
-            "top5_err": 1 - hit5.float().mean().item(), "per_class": per_class, "confused": confused,
-            "confusion": confusion.tolist()}
+    return {"images": len(labels), "top1": percent(hit1), "top5": percent(hit5), "per_class": per_class,
+            "confused": confused, "confusion": confusion.tolist()}
 
 
 def report(summary: dict, title: str) -> str:
     """The summary as the text the command prints."""
-    lines = [f"{title}: {summary['images']} images, top-1 error {100 * summary['top1_err']:.2f} %, "
-             f"top-5 error {100 * summary['top5_err']:.2f} %", "",
-             f"{'class':<24} {'images':>6} {'top-1 err':>9} {'top-5 err':>9}"]
-    lines += [f"{r['class']:<24} {r['images']:>6} {100 * r['top1_err']:>8.1f}% {100 * r['top5_err']:>8.1f}%"
-              for r in summary["per_class"]]
+    lines = [f"{title}: {summary['images']} images, top-1 {summary['top1']:.2f} %, top-5 {summary['top5']:.2f} %", "",
+             f"{'class':<24} {'images':>6} {'top-1 %':>8} {'top-5 %':>8}"]
+    lines += [f"{r['class']:<24} {r['images']:>6} {r['top1']:>8.1f} {r['top5']:>8.1f}" for r in summary["per_class"]]
     lines += ["", "most confused (true -> predicted: images, share of the true class)"]
     lines += [f"  {r['true']} -> {r['predicted']}: {r['images']} ({100 * r['of_true']:.0f} %)"
               for r in summary["confused"]] or ["  none: every top-1 prediction is right"]

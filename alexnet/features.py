@@ -7,7 +7,8 @@
 `extract` writes an .npz with `features` (N, 4096) float32 and `paths` (N,), in the order the
 images were found (folders recursively, sorted). `neighbours` draws the paper's Figure 4: each
 query image, then the gallery images (an .npz from `extract`, or images and folders) nearest to it
-by Euclidean distance between fc7 features. A query that is itself in the gallery is not its own
+by Euclidean distance between fc7 features, each image's class (its folder's name, when that is
+one of the checkpoint's classes) under it. A query that is itself in the gallery is not its own
 neighbour. Features are taken in eval mode (no dropout) from the centre crop, after fc7's ReLU.
 """
 
@@ -19,8 +20,9 @@ import torch
 
 import kernels
 from alexnet.checkpoint import CheckpointError
-from alexnet.figures import plot_neighbours
-from alexnet.inference import InputError, Trained, displayable, image_files, load_image, load_trained, run
+from alexnet.figures import plot_neighbours, save
+from alexnet.inference import (InputError, Trained, displayable, folder_class, image_files, load_image, load_trained,
+                               run)
 from alexnet.train import POSITIVE_INT, resolve_device
 
 STAGE = "fc7"
@@ -74,9 +76,10 @@ def neighbours(trained: Trained, query_files: list[Path], gallery, k: int, outpu
     same = torch.tensor([[q.resolve() == p.resolve() for p in paths] for q in query_files])
     d, idx = nearest(queries, features, k, same)
     near = [[paths[j] for j in row] for row in idx.tolist()]
-    png = plot_neighbours([displayable(load_image(q)) for q in query_files],
-                          [[displayable(load_image(p)) for p in row] for row in near], d.tolist(), output)
-    return png, d, near
+    classes = [[folder_class(p, trained.classes) or "" for p in [q, *row]] for q, row in zip(query_files, near)]
+    fig = plot_neighbours([displayable(load_image(q)) for q in query_files],
+                          [[displayable(load_image(p)) for p in row] for row in near], d.tolist(), classes)
+    return save(fig, output), d, near
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -76,6 +76,12 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+def folder_class(path: Path | str, classes: list[str]) -> str | None:
+    """The class an image's folder is named after (data laid out as CLASS/FILE), None if it is no class."""
+    name = Path(path).parent.name
+    return name if name in classes else None
+
+
 def load_image(path: Path | str) -> torch.Tensor:
     """(3, 227, 227) float32: the validation transform of the image at `path`."""
     try:

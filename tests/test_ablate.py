@@ -95,8 +95,8 @@ def check_run(rows, out, variants):
     assert [r["variant"] for r in rows] == variants
     assert rows[0]["d_top1"] == 0 and rows[0]["d_top5"] == 0
     for r in rows:
-        assert 0 <= r["top1_err"] <= 1 and r["top5_err"] == 0, r  # 3 classes: the top 5 hold every one
-        assert r["d_top1"] == pytest.approx(r["top1_err"] - rows[0]["top1_err"])
+        assert 0 <= r["top1"] <= 100 and r["top5"] == 100, r  # percent; 3 classes: the top 5 hold every one
+        assert r["d_top1"] == pytest.approx(r["top1"] - rows[0]["top1"])
         state = checkpoint.load(out / r["variant"] / "checkpoint.pth")
         assert state["step"] == 1
     assert json.loads((out / "ablation.json").read_text())["rows"] == rows
@@ -108,7 +108,7 @@ def test_ablate_end_to_end_and_the_checkpoint_remembers_the_variant(tiny_data, t
     rows = run_ablate(tiny_data, tmp_path, "--variants", "no-groups")
     check_run(rows, tmp_path, ["paper", "no-groups"])
     out = capsys.readouterr().out
-    assert "variant" in out and "no-groups" in out and "ablation.png" in out
+    assert ablate.table(rows) in out and "ablation.png" in out
     path = tmp_path / "no-groups" / "checkpoint.pth"
     assert checkpoint.load(path)["model_options"] == dict(PAPER_OPTIONS, groups=False)
     trained = load_trained(path)  # rebuilt as the variant: the one-tower weights fit
@@ -116,6 +116,19 @@ def test_ablate_end_to_end_and_the_checkpoint_remembers_the_variant(tiny_data, t
     with pytest.raises(SystemExit, match=r"checkpoint .* is the variant .*'groups': False.* give the ablation flags"):
         main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--output-dir", str(tmp_path / "no-groups"),
                                            "-b", "4", "--device", "cpu", "--resume", str(path)]))
+
+
+def test_table_and_chart_show_accuracy_in_percent():
+    rows = [{"variant": "paper", "top1": 60.3, "top5": 82.5, "d_top1": 0.0, "d_top5": 0.0},
+            {"variant": "no-lrn", "top1": 58.7, "top5": 83.0, "d_top1": -1.6, "d_top5": 0.5}]
+    assert [line.split() for line in ablate.table(rows).splitlines()] == [
+        ["variant", "top-1", "%", "top-5", "%", "d", "top-1", "d", "top-5"],
+        ["paper", "60.3", "82.5", "+0.0", "+0.0"], ["no-lrn", "58.7", "83.0", "-1.6", "+0.5"]]
+    ax, = ablate.plot(rows, "Ablations").axes
+    assert ax.get_title() == "Ablations" and ax.get_ylabel() == "validation accuracy (%)"
+    assert [b.get_height() for b in ax.patches] == [60.3, 58.7, 82.5, 83.0]  # top-1 bars, then top-5
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["paper", "no-lrn"]
+    assert [t.get_text() for t in ax.texts] == ["60.3", "58.7", "82.5", "83.0"]
 
 
 @pytest.mark.slow  # ~2 min on 2 CPU cores: six networks trained and evaluated

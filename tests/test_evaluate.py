@@ -1,4 +1,4 @@
-"""python -m alexnet.evaluate: its errors agree with training's own validation and with a count by
+"""python -m alexnet.evaluate: its accuracies agree with training's own validation and with a count by
 hand, ten-crop is the mean of the ten crops' softmaxes, and bad input is named."""
 
 import json
@@ -22,15 +22,16 @@ def test_centre_crop_matches_training_validation(tiny_run, tmp_path, capsys):
                              "-b", "4", "--device", "cpu", "--json", str(out)])
     last = json.loads((tiny_run.out / "metrics.jsonl").read_text().splitlines()[-1])
     assert summary["images"] == 6
-    assert summary["top1_err"] == pytest.approx(1 - last["val_acc1"]), "evaluate disagrees with train's val top-1"
-    assert summary["top5_err"] == pytest.approx(1 - last["val_acc5"]), "evaluate disagrees with train's val top-5"
+    assert summary["top1"] == pytest.approx(last["val_top1"]), "evaluate disagrees with train's val top-1"
+    assert summary["top5"] == pytest.approx(last["val_top5"]), "evaluate disagrees with train's val top-5"
     assert json.loads(out.read_text()) == summary
     assert [r["class"] for r in summary["per_class"]] == ["checks", "crosshatch", "dots"]
     assert sum(r["images"] for r in summary["per_class"]) == 6
     confusion = torch.tensor(summary["confusion"])
-    assert confusion.sum() == 6 and confusion.trace() / 6 == pytest.approx(1 - summary["top1_err"])
+    assert confusion.sum() == 6 and 100 * confusion.trace() / 6 == pytest.approx(summary["top1"])
     text = capsys.readouterr().out
-    assert "centre crop: 6 images" in text and "most confused" in text and "checks" in text
+    assert f"centre crop: 6 images, top-1 {summary['top1']:.2f} %, top-5 {summary['top5']:.2f} %\n" in text
+    assert "most confused" in text and "checks" in text
 
 
 def test_summary_matches_a_count_by_hand():
@@ -41,12 +42,18 @@ def test_summary_matches_a_count_by_hand():
     s = evaluate.summarize(probs, labels, classes, pairs=3)
     order = probs.argsort(1, descending=True).tolist()
     rows = list(zip(order, labels.tolist()))
-    assert s["top1_err"] == pytest.approx(sum(o[0] != y for o, y in rows) / 200), "[top1_err]"
-    assert s["top5_err"] == pytest.approx(sum(y not in o[:5] for o, y in rows) / 200), "[top5_err]"
+    assert s["top1"] == pytest.approx(100 * sum(o[0] == y for o, y in rows) / 200), "[top1]"
+    assert s["top5"] == pytest.approx(100 * sum(y in o[:5] for o, y in rows) / 200), "[top5]"
     for r in s["per_class"]:
         c = classes.index(r["class"])
         mine = [(o, y) for o, y in rows if y == c]
-        assert r["images"] == len(mine) and r["top1_err"] == pytest.approx(sum(o[0] != y for o, y in mine) / len(mine))
+        assert r["images"] == len(mine), r
+        assert r["top1"] == pytest.approx(100 * sum(o[0] == y for o, y in mine) / len(mine)), r
+        assert r["top5"] == pytest.approx(100 * sum(y in o[:5] for o, y in mine) / len(mine)), r
+    table = evaluate.report(s, "by hand").splitlines()
+    assert table[2].split() == ["class", "images", "top-1", "%", "top-5", "%"], table[2]
+    assert table[3].split() == ["c0", str(s["per_class"][0]["images"]), f"{s['per_class'][0]['top1']:.1f}",
+                                f"{s['per_class'][0]['top5']:.1f}"], table[3]
     mistakes = Counter((classes[y], classes[o[0]]) for o, y in rows if o[0] != y)
     top_counts = sorted(mistakes.values(), reverse=True)[:3]
     assert [r["images"] for r in s["confused"]] == top_counts, "[confused] is not the most frequent mistakes"

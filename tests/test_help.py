@@ -17,10 +17,11 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("module", sorted(COMMANDS))
-def test_help_names_the_command_and_does_no_work(module, tmp_path):
+def test_help_names_the_command_and_does_no_work(module, tmp_path, tmp_path_factory):
     home = tmp_path / "home"
     env = {**os.environ, "ALEXNET_DATA_HOME": str(home / "data"), "HOME": str(home),
-           "TRITON_CACHE_DIR": str(home / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(home / "inductor")}
+           "TRITON_CACHE_DIR": str(home / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(home / "inductor"),
+           "MPLCONFIGDIR": str(tmp_path_factory.mktemp("matplotlib"))}  # matplotlib's font list, made on import
     for sub in ([], *([name] for name in COMMANDS[module])):
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", module, *sub, "--help"], cwd=tmp_path, env=env,

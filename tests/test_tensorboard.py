@@ -12,7 +12,7 @@ def test_scalars_per_epoch(tiny_run):
     events = EventAccumulator(str(tiny_run.out / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]
-    for tag in ("train_loss", "val_acc1", "val_acc5", "lr"):
+    for tag in ("train_loss", "train_top1", "val_top1", "val_top5", "lr"):
         assert tag in tags, f"no {tag} scalar in {tiny_run.out / 'tensorboard'}"
         assert [e.step for e in events.Scalars(tag)] == [1, 2]
 
