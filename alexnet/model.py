@@ -62,7 +62,7 @@ class AlexNet(nn.Module):
 
         init="caffe" is Caffe's reference AlexNet: those biases 0.1 instead of 1, and fc6, fc7 weights
         N(0, 0.005). With the paper's biases of 1 the hidden layers' outputs are almost the same for
-        every image, which SGD at lr 0.01 tolerates with 1000 classes but not with 10 (README, "The
+        every image, which SGD at lr 0.01 tolerates with 1000 classes but not with 10 (docs/paper.md, "The
         embedded run"); the embedded dataset's default run uses this one."""
         for name, layer in self.named_children():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):

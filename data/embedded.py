@@ -6,7 +6,7 @@ Each image is a patch (ellipse or rectangle, random size and place) of one class
 (checks, crosshatch, dots, rings, stripes in four orientations, waves, zigzag) in two random
 colours, with a random period and phase and a slightly jittered orientation, on a random gradient
 with pixel noise and distractor strokes. Colour carries no information about the class; the
-texture does, at a scale conv1's filters see, so AlexNet learns it in ~280 steps (README), while
+texture does, at a scale conv1's filters see, so AlexNet learns it in ~280 steps (docs/paper.md), while
 the near-neighbour classes (the four stripes, checks vs dots), the strokes, blur and JPEG
 artefacts keep it from being trivial. Image sizes vary (160-400 px a side) so the resize/crop path
 is exercised. (Version 1 drew shapes; telling rotated, recoloured shapes apart took a small CNN
