@@ -113,9 +113,14 @@ def test_ablate_end_to_end_and_the_checkpoint_remembers_the_variant(tiny_data, t
     assert checkpoint.load(path)["model_options"] == dict(PAPER_OPTIONS, groups=False)
     trained = load_trained(path)  # rebuilt as the variant: the one-tower weights fit
     assert trained.model.options["groups"] is False and trained.model.conv2.groups == 1
+    capsys.readouterr()
+    main(get_args_parser().parse_args(["--resume", str(path), "--test-only", "--device", "cpu"]))
+    assert "--no-groups" in capsys.readouterr().out, "resuming did not take the variant from the checkpoint"
+    state = checkpoint.load(path)
+    del state["args"]["no_groups"]  # a checkpoint whose arguments do not say: its model_options decide
+    checkpoint.save(state, tmp_path / "unsaid.pth")
     with pytest.raises(SystemExit, match=r"checkpoint .* is the variant .*'groups': False.* give the ablation flags"):
-        main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--output-dir", str(tmp_path / "no-groups"),
-                                           "-b", "4", "--device", "cpu", "--resume", str(path)]))
+        main(get_args_parser().parse_args(["--resume", str(tmp_path / "unsaid.pth"), "--test-only", "--device", "cpu"]))
 
 
 def test_table_and_chart_show_accuracy_in_percent():
