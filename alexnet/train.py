@@ -374,7 +374,7 @@ def describe_args(args, inherited: dict, from_recipe: dict) -> None:
     if from_recipe and not args.test_only:
         print(f"the embedded run's recipe: batch {args.batch_size}, {args.init} initialisation, {args.epochs} epochs, "
               f"lr {args.lr:g} divided by 10 after epoch {args.lr_step_size} (the paper's, for 1000 classes: -b 128 "
-              f"--init paper --lr-scheduler plateau; docs/paper.md)")
+              f"--init paper --lr-scheduler plateau --epochs 90; docs/paper.md)")
 
 
 def check_kernels(args, device: torch.device) -> None:
