@@ -28,6 +28,13 @@ TOLERANCES = [
 TOLERANCE = {dtype: (atol, rtol) for dtype, atol, rtol in TOLERANCES}
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Each test draws its random inputs (dy) from the same seed whatever ran before it: a test's
+    inputs, and so its outcome, must not depend on which tests the run holds or their order."""
+    torch.manual_seed(0)
+
+
 def activations(shape, dtype=torch.float32, alpha=PAPER["alpha"], k=PAPER["k"], seed=0):
     """Random input scaled so that alpha * (sum of a^2 over a window) is about k: at N(0, 1) and the
     paper's alpha the denominator would be ~2 whatever the window, and a wrong window would pass."""
