@@ -146,8 +146,7 @@ RUN_FILES = (CHECKPOINT, BEST, METRICS, ARGS)
 def prepare_output_dir(out: Path, resume: str, overwrite: bool) -> None:
     """Make the run's folder `out`, or stop with a CheckpointError naming it: when it is not a writable
     folder, or when it holds another run's files and this run neither resumes from its checkpoint nor
-    was told to `overwrite` them (which removes them). A resumed run keeps the metrics of the epochs
-    its checkpoint has finished and drops later ones (left by a run that went on past it)."""
+    was told to `overwrite` them (which removes them)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

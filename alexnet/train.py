@@ -180,10 +180,13 @@ def resolve_args(args, saved: dict | None) -> tuple[dict, dict]:
     """Fill the flags left unset: from `saved` (the --resume checkpoint's arguments) when given, else from
     the recipe for the data (the embedded run's when there is no --data-path) and DEFAULTS. Returns
     (what came from the checkpoint, what came from the embedded recipe), to be told to the user."""
+    def unset(value):  # not given: None, or False for a store_true flag (not 0: --seed 0 is a value)
+        return value is None or value is False
+
     inherited = {}
     if saved is not None:
         for key in INHERITED:
-            if getattr(args, key) in (None, False) and saved.get(key) not in (None, False):
+            if unset(getattr(args, key)) and not unset(saved.get(key)):
                 inherited[key] = saved[key]
                 setattr(args, key, saved[key])
     recipe = RECIPES["embedded" if args.data_path is None else "paper"]
@@ -526,8 +529,9 @@ def train(run: Run, train_samples: list, val_loader, Loader) -> dict | None:
         else:
             run.scheduler.step()
         best = run.best_top1 is None or val["top1"] > run.best_top1
+        if best:
+            run.best_top1 = val["top1"]
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
-        run.best_top1 = max(val["top1"], run.best_top1 or 0.0)
         run.save(best)
         record = {"epoch": run.epoch, "step": run.global_step, "lr": lr, **train,
                   **{f"val_{k}": v for k, v in val.items()}}

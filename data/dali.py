@@ -12,6 +12,8 @@ The samples, crops, flips and lighting of an epoch come from a data.plans plan (
 shardable, resumable mid-epoch); `data.pil.PilLoader` runs the same plans through PIL.
 """
 
+from pathlib import Path
+
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -30,12 +32,12 @@ def _read(path: str) -> np.ndarray:
     file must never reach it. A file whose header is whole but whose data is not fails in DALI with
     an error, which the loader turns into one naming the file."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = Path(path).read_bytes()
     except OSError as e:
         raise bad_files_error([f"{path}: unreadable: {e.strerror or e}"]) from e
-    if reason := quick_check(path, data.tobytes()):
+    if reason := quick_check(path, data):
         raise bad_files_error([f"{path}: {reason}"])
-    return data
+    return np.frombuffer(data, dtype=np.uint8)
 
 
 class _PlanSource:

@@ -395,3 +395,12 @@ def test_triton_on_the_cpu_needs_allow_interpreter(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match=r"--kernels triton on the CPU runs Triton's interpreter, about 18 minutes "
                                          r"per step at -b 4: .* add --allow-interpreter"):
         run_main("--data-path", str(tiny_data), "--kernels", "triton", "-b", "4", "--output-dir", str(tmp_path))
+
+
+def test_resume_keeps_the_checkpoint_s_zeros_and_the_zeros_given_now():
+    """0 is a value, not "not given": a checkpoint's --lighting-std 0 is kept, a --seed 0 given now wins."""
+    saved = vars(get_args_parser().parse_args(["--lighting-std", "0", "--seed", "7", "--no-lrn"]))
+    args = get_args_parser().parse_args(["--seed", "0"])
+    inherited, _ = resolve_args(args, saved)
+    assert (args.lighting_std, args.seed, args.no_lrn) == (0.0, 0, True)
+    assert inherited["lighting_std"] == 0.0 and "seed" not in inherited
