@@ -24,12 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet.layers import CONVS, INPUT, LINEARS, LRN, POOL, POOL_NO_OVERLAP
 from kernels import backend
 
-INPUT_SIZE = 227
-LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)  # the paper's constants, in its convention
-POOL = dict(kernel_size=3, stride=2)  # overlapping pooling
-POOL_NO_OVERLAP = dict(kernel_size=2, stride=2)  # the ablation: windows that do not overlap
+INPUT_SIZE = INPUT[1]
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # the paper's biases of 1 (the rest are 0)
 INITS = ("paper", "caffe")  # caffe: Caffe's reference AlexNet (bvlc_alexnet), see reset_parameters
 PAPER_OPTIONS = dict(dropout=0.5, lrn=True, overlap=True, groups=True)  # the defaults; checkpoints without options
@@ -46,14 +44,11 @@ class AlexNet(nn.Module):
         self.options = dict(dropout=dropout, lrn=lrn, overlap=overlap, groups=groups)  # what checkpoints record
         self.pool = POOL if overlap else POOL_NO_OVERLAP
         towers = 2 if groups else 1
-        self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
-        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=towers)
-        self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
-        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=towers)
-        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=towers)
-        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
-        self.fc7 = nn.Linear(4096, 4096)
-        self.fc8 = nn.Linear(4096, num_classes)
+        for name, ((channels, _, _), (filters, _, size, _), stride, padding, groups) in CONVS.items():
+            setattr(self, name, nn.Conv2d(channels, filters, size, stride, padding, groups=min(groups, towers)))
+        self.fc6 = nn.Linear(*LINEARS["fc6"])
+        self.fc7 = nn.Linear(*LINEARS["fc7"])
+        self.fc8 = nn.Linear(LINEARS["fc8"][0], num_classes)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters(init)
 

@@ -20,23 +20,13 @@ it holds bf16, as a GPU run does, else its most common dtype; fp32 as tf32 when 
 import argparse
 import json
 import sys
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+from alexnet.layers import CONVS, LINEARS, LRNS, ORDER, POOLS, parameter_count
 from bench.costs import ELEMENT_BYTES, GPUS, Gpu, conv_costs, gpu_key, linear_costs, lrn_costs, pool_costs, sgd_costs
-from kernels.interpret import prepare
 
-with warnings.catch_warnings():  # the roofline runs no kernel: prepare()'s "interpreter is slow" is noise here
-    warnings.simplefilter("ignore")
-    prepare()  # kernels.conv_relu imports Triton: with no GPU the interpreter must be on first
-from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
-
-LRN_POOL_SHAPES = {"lrn1": (96, 55, 55), "pool1": (96, 55, 55), "lrn2": (256, 27, 27),  # per image, (C, H, W)
-                   "pool2": (256, 27, 27), "pool5": (256, 13, 13)}                      # of each op's input
-LINEARS = {"fc6": (256 * 6 * 6, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}  # (fan_in, fan_out)
-NETWORK_ORDER = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4", "conv5", "pool5",
-                 "fc6", "fc7", "fc8"]
+LRN_POOL_SHAPES = {**LRNS, **POOLS}  # per image, (C, H, W) of each op's input
 TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # as benchmarks record it
 FROM_TORCH = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 DEFAULT_GPU, DEFAULT_DTYPE = "h100", "bf16"
@@ -60,18 +50,13 @@ class Row:
         return max(self.compute_ms(gpu, precision), self.memory_ms(gpu))
 
 
-def parameter_count() -> int:
-    convs = sum(k * c * r * s + k for _, (k, c, r, s), *_ in ALEXNET_CONVS.values())
-    return convs + sum(fan_in * fan_out + fan_out for fan_in, fan_out in LINEARS.values())
-
-
 def layer_rows(batch: int, precision: str) -> list[Row]:
     """One row per pass of every layer, in network order."""
     size = ELEMENT_BYTES[precision]
     rows = []
-    for layer in NETWORK_ORDER:
-        if layer in ALEXNET_CONVS:
-            x_shape, w_shape, stride, padding, _ = ALEXNET_CONVS[layer]
+    for layer in ORDER:
+        if layer in CONVS:
+            x_shape, w_shape, stride, padding, _ = CONVS[layer]
             costs = conv_costs((batch, *x_shape), w_shape, stride, padding, size)
         elif layer in LINEARS:
             costs = linear_costs(batch, *LINEARS[layer], size)

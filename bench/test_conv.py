@@ -31,8 +31,10 @@ from kernels.interpret import prepare
 prepare()  # with no GPU the interpreter must be on before kernels.conv_relu imports Triton
 from bench.costs import GPUS, conv_costs, gpu_key  # noqa: E402
 import kernels  # noqa: E402
+from alexnet.layers import CONVS as ALEXNET_CONVS  # noqa: E402
 from kernels import conv_relu  # noqa: E402
-from kernels.conv_relu import ALEXNET_CONVS  # noqa: E402
+from kernels.conv_relu import kernels as conv_kernels  # noqa: E402
+from kernels.conv_relu.launch import precision as conv_precision  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
@@ -94,13 +96,13 @@ def test_conv(benchmark, layer, which, dtype, backend):
     if backend == "compile":
         compiled = kernels.backend("compile").conv2d_relu.__wrapped__  # no autocast wrapper: dtype is explicit
         cudnn_fn = lambda: compiled(x, w, b, *geometry)  # noqa: E731
-    precision = LOW_PRECISION.get(dtype, "tf32" if conv_relu.ALLOW_TF32 else "fp32")
+    precision = LOW_PRECISION.get(dtype, "tf32" if conv_precision(dtype) == "tf32" else "fp32")
     floor = flops / (GPUS["h100"].tflops[precision] * 1e12)
     benchmark.group = f"{layer} {which} {str(dtype).removeprefix('torch.')}"
     benchmark.extra_info.update(layer=layer, backend=backend, batch=BATCH, shape=list(x.shape), weight=list(w.shape),
                                 **{"pass": which},
                                 flops=flops, precision=precision, compute_floor_ms_H100_H200=floor * 1e3)
-    autotuned = {"fwd": conv_relu._fwd_kernel, "dgrad": conv_relu._dgrad_kernel, "wgrad": conv_relu._wgrad_kernel}
+    autotuned = {"fwd": conv_kernels.fwd_kernel, "dgrad": conv_kernels.dgrad_kernel, "wgrad": conv_kernels.wgrad_kernel}
     measure(benchmark, triton_fn if backend == "triton" else cudnn_fn, DEVICE, dtype, bytes_moved,
             flops=flops, triton=backend == "triton", autotuned=autotuned[which] if backend == "triton" else None)
     if not GPU or benchmark.stats is None:

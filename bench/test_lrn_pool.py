@@ -24,7 +24,6 @@ GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 BATCH = 128 if GPU else 1
 DTYPES = [torch.float32, torch.float16, torch.bfloat16] if GPU else [torch.float32]
-PAPER_LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
 
 def bytes_moved(layer: str, backward: bool, dtype: torch.dtype, shape: tuple) -> int:
@@ -43,7 +42,7 @@ def shape(layer: str) -> tuple:
 @pytest.mark.parametrize("layer", list(LRN_POOL_SHAPES))
 def test_lrn_pool(benchmark, layer, backward, dtype, backend):
     ops = kernels.backend(backend)
-    op = (lambda t: ops.lrn(t, **PAPER_LRN)) if layer.startswith("lrn") else (lambda t: ops.max_pool2d(t, 3, 2))
+    op = (lambda t: ops.lrn(t, **LRN)) if layer.startswith("lrn") else (lambda t: ops.max_pool2d(t, 3, 2))
     x = torch.randn(shape(layer), device=DEVICE).relu().to(dtype)  # post-ReLU, as in the network
     if backward:
         x.requires_grad_()

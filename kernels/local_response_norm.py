@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.nchw import alexnet_activations, check_activation, check_positive_int
+from kernels.tensors import check_activation, check_image_offsets, check_positive_int, launch
 
 # (warps, channels a trip in NCHW): a program takes BLOCK_P = 32 * warps positions of one image,
 # one a thread, and all its channels; a trip of the channel loop takes one 16-byte vector of channels
@@ -165,7 +165,7 @@ def _zeros(P: tl.constexpr, COUNT: tl.constexpr):
 
 
 @triton.jit
-def _lrn_fwd_kernel(
+def lrn_fwd_kernel(
     x_ptr,  # [N, C, L] input a, strides (sxn, sxc, sxl)
     y_ptr,  # [N, C, L] output b, strides (syn, syc, syl)
     C, L, sxn, sxc, sxl, syn, syc, syl,
@@ -234,7 +234,7 @@ def _lrn_bwd_terms(a, g, c0, C, alpha, beta, k, BEFORE: tl.constexpr, AFTER: tl.
 
 
 @triton.jit
-def _lrn_bwd_kernel(
+def lrn_bwd_kernel(
     x_ptr,   # [N, C, L] forward input a, strides (sxn, sxc, sxl)
     dy_ptr,  # [N, C, L] incoming gradient g = dL/db, strides (sgn, sgc, sgl)
     dx_ptr,  # [N, C, L] output dL/da, strides (sdn, sdc, sdl)
@@ -310,8 +310,8 @@ def _check(name, x, size):
     check_positive_int("lrn", "size", size)
 
 
-def _grid_and_meta(x3: torch.Tensor, size: int, config: tuple[int, int], beta: float = 0.75):
-    """Grid and compile-time parameters of a kernel on [N, C, L]: the launchers and kernels.aot share it."""
+def grid_and_meta(x3: torch.Tensor, size: int, config: tuple[int, int], beta: float = 0.75):
+    """Grid and compile-time parameters of a kernel on [N, C, L]: the launchers and perf.aot share it."""
     N, C, L = x3.shape
     warps, nchw_vec = config
     channels_last = x3.stride(1) == 1 and C > 1
@@ -329,19 +329,11 @@ def _terms_need_mask(alpha, beta, k) -> bool:
     return not (alpha >= 0 and k >= 2.0**-100 and beta >= -1 and (-beta - 1) * math.log2(k) < 120)
 
 
-def _check_offsets(name, x3):
-    """The kernels index within an image in int32 (the image offset n * stride_n is int64)."""
-    extent = sum((size - 1) * abs(stride) for size, stride in zip(x3.shape[1:], x3.stride()[1:]))
-    if extent + 16 >= 2**31:
-        raise ValueError(f"lrn: {name} has an image of {tuple(x3.shape[1:])} with strides "
-                         f"{tuple(x3.stride()[1:])}: offsets within one image must fit in int32")
-
-
-def _fwd_args(x3, y3, alpha, beta, k):
+def fwd_args(x3, y3, alpha, beta, k):
     return (x3, y3, *x3.shape[1:], *x3.stride(), *y3.stride(), float(alpha), float(beta), float(k))
 
 
-def _bwd_args(x3, dy3, dx3, alpha, beta, k):
+def bwd_args(x3, dy3, dx3, alpha, beta, k):
     return (x3, dy3, dx3, *x3.shape[1:], *x3.stride(), *dy3.stride(), *dx3.stride(),
             float(alpha), float(beta), float(k))
 
@@ -352,9 +344,9 @@ def lrn_fwd(x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tens
     x3 = x.flatten(2)  # [N, C, H*W]: a view unless H and W cannot merge
     y3 = torch.empty_like(x3)
     if x3.numel():
-        _check_offsets("x", x3)
-        grid, meta = _grid_and_meta(x3, size, FWD_CONFIG, beta)
-        _lrn_fwd_kernel[grid](*_fwd_args(x3, y3, alpha, beta, k), **meta)
+        check_image_offsets("lrn", "x", x3, margin=16)  # the kernels index within an image in int32
+        grid, meta = grid_and_meta(x3, size, FWD_CONFIG, beta)
+        launch(lrn_fwd_kernel, grid, x.device, *fwd_args(x3, y3, alpha, beta, k), **meta)
     return y3.unflatten(2, x.shape[2:])
 
 
@@ -368,10 +360,10 @@ def lrn_bwd(dy: torch.Tensor, x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=
     dx3 = torch.empty_like(x3)
     if x3.numel():
         for name, t in (("x", x3), ("dy", dy3)):
-            _check_offsets(name, t)
-        grid, meta = _grid_and_meta(x3, size, BWD_CONFIG, beta)
-        _lrn_bwd_kernel[grid](*_bwd_args(x3, dy3, dx3, alpha, beta, k), **meta,
-                              MASK_TERMS=_terms_need_mask(alpha, beta, k))
+            check_image_offsets("lrn", name, t, margin=16)
+        grid, meta = grid_and_meta(x3, size, BWD_CONFIG, beta)
+        launch(lrn_bwd_kernel, grid, x.device, *bwd_args(x3, dy3, dx3, alpha, beta, k), **meta,
+               MASK_TERMS=_terms_need_mask(alpha, beta, k))
     return dx3.unflatten(2, x.shape[2:])
 
 
@@ -393,20 +385,3 @@ def lrn(x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
     """The paper's cross-channel LRN (alpha not divided by size), differentiable in x."""
     return LRNFunction.apply(x, size, alpha, beta, k)
 
-
-def aot_configs():
-    """(label, kernel, args, meta, work) of every launch lrn_fwd/lrn_bwd make at AlexNet's shapes
-    (kernels.aot; `work` as kernels.work says: the step runs channels_last, bf16 or fp32)."""
-    from kernels.work import dtype_name, in_step, lrn_work
-
-    for layer, shape in (("lrn1", (96, 55, 55)), ("lrn2", (256, 27, 27))):
-        for label, x in alexnet_activations((shape,)):
-            x3 = x.flatten(2)
-            step = in_step(dtype_name(x.dtype)) and x.is_contiguous(memory_format=torch.channels_last)
-            for op, kernel, args, config in (
-                    ("fwd", _lrn_fwd_kernel, _fwd_args(x3, torch.empty_like(x3), 1e-4, 0.75, 2.0), FWD_CONFIG),
-                    ("bwd", _lrn_bwd_kernel,
-                     _bwd_args(x3, torch.empty_like(x3), torch.empty_like(x3), 1e-4, 0.75, 2.0), BWD_CONFIG)):
-                grid, meta = _grid_and_meta(x3, 5, config)
-                yield (label, kernel, args, meta, lrn_work(layer, op, x.shape, dtype_name(x.dtype), grid[0],
-                                                           triton.cdiv(shape[0], meta["VEC"]), step))

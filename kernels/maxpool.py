@@ -24,13 +24,13 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.nchw import alexnet_activations, check_activation, check_positive_int, memory_format, tile_shape
+from kernels.tensors import check_activation, check_positive_int, launch, memory_format, tile_shape
 
 TILE, NUM_WARPS = 2048, 8  # elements per [BLOCK_C, BLOCK_P] tile: 8 a thread
 
 
 @triton.jit
-def _max_pool_fwd_kernel(
+def max_pool_fwd_kernel(
     x_ptr,    # [N, C, H, W] input, strides (sxn, sxc, sxh, sxw)
     y_ptr,    # [N, C, OH, OW] output, strides (syn, syc, syh, syw)
     arg_ptr,  # [N, C, OH, OW] uint8 kh*K + kw of each chosen maximum, strides as y
@@ -64,7 +64,7 @@ def _max_pool_fwd_kernel(
 
 
 @triton.jit
-def _max_pool_bwd_kernel(
+def max_pool_bwd_kernel(
     dy_ptr,   # [N, C, OH, OW] incoming gradient, strides (sgn, sgc, sgh, sgw)
     arg_ptr,  # [N, C, OH, OW] uint8 kh*K + kw saved by the forward, strides (san, sac, sah, saw)
     dx_ptr,   # [N, C, H, W] output gradient, strides (sdn, sdc, sdh, sdw)
@@ -110,13 +110,13 @@ def _check_window(H, W, kernel_size, stride):
 
 
 def _grid_and_meta(C: int, positions: int, channels_contiguous: bool, N: int, kernel_size: int, stride: int):
-    """Grid and compile-time parameters of either kernel: the launchers and kernels.aot share it."""
+    """Grid and compile-time parameters of either kernel: the launchers and perf.aot share it."""
     block_c, block_p = tile_shape(C, positions, channels_contiguous, elements=TILE)
     meta = dict(K=kernel_size, S=stride, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return (N * triton.cdiv(positions, block_p),), meta
 
 
-def _fwd_plan(x, kernel_size, stride):
+def fwd_plan(x, kernel_size, stride):
     """(y, choice, grid, args, meta) for max_pool2d_fwd: empty outputs in x's layout and the launch."""
     N, C, H, W = x.shape
     OH, OW = (H - kernel_size) // stride + 1, (W - kernel_size) // stride + 1
@@ -127,7 +127,7 @@ def _fwd_plan(x, kernel_size, stride):
     return y, choice, grid, (x, y, choice, C, OH, OW, *x.stride(), *y.stride()), meta
 
 
-def _bwd_plan(dy, choice, input_hw, kernel_size, stride):
+def bwd_plan(dy, choice, input_hw, kernel_size, stride):
     """(dx, grid, args, meta) for max_pool2d_bwd: dx empty, in the layout the forward gave `choice`."""
     N, C, OH, OW = dy.shape
     H, W = input_hw
@@ -140,9 +140,9 @@ def max_pool2d_fwd(x: torch.Tensor, kernel_size=3, stride=2) -> tuple[torch.Tens
     """(y, choice): the pooled output in x's dtype and layout, and the uint8 window index of each max."""
     check_activation("max_pool2d", "x", x)
     _check_window(*x.shape[2:], kernel_size, stride)
-    y, choice, grid, args, meta = _fwd_plan(x, kernel_size, stride)
+    y, choice, grid, args, meta = fwd_plan(x, kernel_size, stride)
     if y.numel():
-        _max_pool_fwd_kernel[grid](*args, **meta)
+        launch(max_pool_fwd_kernel, grid, x.device, *args, **meta)
     return y, choice
 
 
@@ -153,9 +153,9 @@ def max_pool2d_bwd(dy: torch.Tensor, choice: torch.Tensor, input_hw, kernel_size
     if choice.dtype != torch.uint8 or choice.shape != dy.shape:
         raise ValueError(f"max_pool2d: choice must be uint8 of dy's shape {tuple(dy.shape)}, "
                          f"got {choice.dtype} {tuple(choice.shape)}")
-    dx, grid, args, meta = _bwd_plan(dy, choice, input_hw, kernel_size, stride)
+    dx, grid, args, meta = bwd_plan(dy, choice, input_hw, kernel_size, stride)
     if dx.numel():
-        _max_pool_bwd_kernel[grid](*args, **meta)
+        launch(max_pool_bwd_kernel, grid, dy.device, *args, **meta)
     return dx
 
 
@@ -178,27 +178,3 @@ def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2) -> torch.Tensor:
     """Max-pooling with no padding and floor mode, differentiable in x, with PyTorch's tie rule."""
     return MaxPool2dFunction.apply(x, kernel_size, stride)
 
-
-# (kernel_size, stride): the paper's overlapping pooling, and the non-overlapping one of its ablation
-# (AlexNet(overlap=False)); the window is a compile-time constant, so each is its own build.
-AOT_WINDOWS = ((3, 2), (2, 2))
-
-
-def aot_configs():
-    """(label, kernel, args, meta, work) of every launch max_pool2d_fwd/_bwd make at AlexNet's shapes
-    (kernels.aot; `work` as kernels.work says). The training step runs the paper's 3x3/2 on channels_last
-    (conv outputs keep that layout) in bf16 or fp32."""
-    from kernels.work import dtype_name, in_step, pool_work
-
-    for layer, shape in (("pool1", (96, 55, 55)), ("pool2", (256, 27, 27)), ("pool5", (256, 13, 13))):
-        for label, x in alexnet_activations((shape,)):
-            dtype = dtype_name(x.dtype)
-            for k, s in AOT_WINDOWS:
-                step = (k, s) == (3, 2) and in_step(dtype) and memory_format(x) == torch.channels_last
-                y, choice, grid, args, meta = _fwd_plan(x, k, s)
-                iterations = triton.cdiv(x.shape[1], meta["BLOCK_C"])
-                yield (f"{label} {k}x{k}/{s}", _max_pool_fwd_kernel, args, meta,
-                       pool_work(layer, "fwd", x.shape, k, s, dtype, grid[0], iterations, step))
-                _, grid, args, meta = _bwd_plan(torch.empty_like(y), choice, x.shape[2:], k, s)
-                yield (f"{label} {k}x{k}/{s}", _max_pool_bwd_kernel, args, meta,
-                       pool_work(layer, "bwd", x.shape, k, s, dtype, grid[0], iterations, step))

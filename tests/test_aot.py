@@ -1,9 +1,9 @@
-"""`python -m kernels.aot` compiles every Triton kernel for sm_80 and sm_90 with no GPU, and passes;
-`--report` reads each build's SASS (kernels.sass) and estimates it.
+"""`python -m perf.aot` compiles every Triton kernel for sm_80 and sm_90 with no GPU, and passes;
+`--report` reads each build's SASS (perf.sass) and estimates it.
 
-The full run is one subprocess (the slowest test here): with this session's environment,
-TRITON_INTERPRET=1 included (conftest sets it on a CPU-only machine), so the command must switch the
-interpreter off itself. The SASS parsing and the R arithmetic are tested on small SASS texts written
+The full run (~3-4 min quiet, marked slow) and a one-launch run (plain pytest) are subprocesses with this
+session's environment, TRITON_INTERPRET=1 included (conftest sets it on a CPU-only machine), so the command
+must switch the interpreter off itself. The SASS parsing and the R arithmetic are tested on small SASS texts written
 here in cuobjdump's format.
 """
 
@@ -18,11 +18,11 @@ import pytest
 import triton
 from triton.runtime.interpreter import InterpretedFunction
 
-from kernels import aot, sass
-from kernels.aot import MODULES
-from kernels.work import KEYS, launch_work
+from perf import aot, sass
+from perf.work import KEYS, launch_work
 
 ROOT = Path(__file__).resolve().parents[1]
+MODULES = ["kernels.local_response_norm", "kernels.maxpool", "kernels.conv_relu.kernels"]  # where kernels live
 
 
 def triton_kernels(module_name):
@@ -35,29 +35,34 @@ def triton_kernels(module_name):
                   and (isinstance(value, jitted) or isinstance(getattr(value, "fn", None), jitted)))
 
 
+def run_aot(*args, timeout):
+    return subprocess.run([sys.executable, "-m", "perf.aot", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
 def test_aot_compiles_every_kernel_without_spills_and_reports(tmp_path):
     out = tmp_path / "report.json"
-    run = subprocess.run([sys.executable, "-m", "kernels.aot", "--report", "--json", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=1200)
+    run = run_aot("--report", "--json", out, timeout=1800)  # ~4 min quiet
     report = run.stdout + run.stderr
-    assert run.returncode == 0, f"[kernels.aot] exit {run.returncode}:\n{report}"
-    assert report.rstrip().endswith("all pass"), f"[kernels.aot] no verdict:\n{report}"
+    assert run.returncode == 0, f"[perf.aot] exit {run.returncode}:\n{report}"
+    assert report.rstrip().endswith("all pass"), f"[perf.aot] no verdict:\n{report}"
     for module in MODULES:
         kernels = triton_kernels(module)
-        assert kernels, f"[kernels.aot] {module} defines no Triton kernel"
+        assert kernels, f"[perf.aot] {module} defines no Triton kernel"
         for kernel in kernels:
             for arch in ("sm_80", "sm_90"):
                 assert any(kernel in line and arch in line for line in report.splitlines()), \
-                    f"[kernels.aot] {module}.{kernel} not compiled for {arch}:\n{report}"
+                    f"[perf.aot] {module}.{kernel} not compiled for {arch}:\n{report}"
 
     data = json.loads(out.read_text())
     builds = data["builds"]
-    assert f"{len(builds)} builds, all pass" in report.splitlines()[-1], "[kernels.aot] JSON rows != builds"
+    assert f"{len(builds)} builds, all pass" in report.splitlines()[-1], "[perf.aot] JSON rows != builds"
     for row in builds:
         name = f"[{row['kernel']} {row['arch']} {row['tile']}]"
         assert row["loop_instructions"] > 0 and row["occupancy"] >= 1, name
         assert row["launches"] and all(set(launch["work"]) == set(KEYS) for launch in row["launches"]), name
-        if row["kernel"] in ("_fwd_kernel", "_dgrad_kernel", "_wgrad_kernel"):  # tensor-core GEMMs
+        if row["kernel"] in ("fwd_kernel", "dgrad_kernel", "wgrad_kernel"):  # tensor-core GEMMs
             mma = "HGMMA" if row["arch"] == "sm_90" else "HMMA"
             assert row["mma"].startswith(mma) and row["loop"] == "mma loop" and row["R"] > 0, name
             assert set(row["loads"]) <= {"LDGSTS", "LDG", "UTMALDG"} and row["loads"], name
@@ -74,25 +79,55 @@ def test_aot_compiles_every_kernel_without_spills_and_reports(tmp_path):
                 assert h100["bound"] in ("tensor", "issue", "memory"), f"{name} {launch['label']}"
     for dtype in ("bf16", "tf32"):
         roll = data["rollup"][dtype]
-        assert not roll["missing"], f"[kernels.aot rollup {dtype}] no build for {roll['missing']}"
+        assert not roll["missing"], f"[perf.aot rollup {dtype}] no build for {roll['missing']}"
         step = roll["totals"]["step"]["h100"]["seconds"]
-        assert step > roll["compute_floor_s"] > 0 and roll["ratio"]["h100"] > 1, f"[kernels.aot rollup {dtype}]"
+        assert step > roll["compute_floor_s"] > 0 and roll["ratio"]["h100"] > 1, f"[perf.aot rollup {dtype}]"
         ops = {(e["layer"], e["op"]) for e in roll["layers"]}
         assert ("conv1", "dgrad") not in ops and ("conv2", "dgrad") in ops and ("fc6", "wgrad") in ops, \
-            f"[kernels.aot rollup {dtype}] {sorted(ops)}"
+            f"[perf.aot rollup {dtype}] {sorted(ops)}"
+
+
+def test_one_launch_compiles_without_spills_and_is_estimated(tmp_path):
+    """The plain-pytest share of the full run: conv3's bf16 wgrad (the GEMM whose split-K partials are now
+    stored, not added with atomics) for sm_80 and sm_90, its SASS read and its launch estimated."""
+    out = tmp_path / "report.json"
+    run = run_aot("--report", "--only", "conv3 bfloat16 wgrad", "--json", out, timeout=600)  # ~20 s quiet
+    report = run.stdout + run.stderr
+    assert run.returncode == 0 and report.rstrip().endswith("all pass"), \
+        f"[perf.aot --only] exit {run.returncode}:\n{report}"
+    builds = json.loads(out.read_text())["builds"]
+    assert {row["arch"] for row in builds} == {"sm_80", "sm_90"}, builds
+    assert all(row["kernel"] == "wgrad_kernel" for row in builds), builds
+    sm90 = next(row for row in builds if row["arch"] == "sm_90")
+    assert sm90["mma"].startswith("HGMMA") and sm90["R"] <= 1.0 and not sm90["waits_for_wgmma"], \
+        f"[wgrad sm_90] mma {sm90['mma']} R {sm90['R']} waits {sm90['waits_for_wgmma']}"
+    assert sm90["launches"][0]["h100"]["seconds"] > 0, "[wgrad sm_90] no estimate"
+
+
+def test_only_matching_nothing_and_an_unwritable_json_are_refused_before_compiling(tmp_path):
+    run = run_aot("--only", "no_such_kernel", timeout=120)
+    assert run.returncode == 2 and "matches no kernel name" in run.stderr and "wgrad_kernel" in run.stderr, \
+        f"[perf.aot --only]\n{run.stdout}{run.stderr}"
+    (tmp_path / "file").write_text("")
+    for path, problem in ((tmp_path / "file" / "report.json", "is a file"), (tmp_path, "is a folder")):
+        start = time.monotonic()
+        run = run_aot("--report", "--json", path, timeout=120)
+        assert run.returncode == 2 and problem in run.stderr and str(path) in run.stderr, \
+            f"[perf.aot --json {path}]\n{run.stdout}{run.stderr}"
+        assert time.monotonic() - start < 30, "[perf.aot --json] refused only after compiling"
 
 
 def test_help_is_quick_and_compiles_nothing():
     start = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "kernels.aot", "--help"], cwd=ROOT, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "perf.aot", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
-    assert run.returncode == 0 and run.stdout.startswith("usage:"), f"[kernels.aot --help]\n{run.stdout}{run.stderr}"
-    assert "--report" in run.stdout and "--json" in run.stdout, f"[kernels.aot --help]\n{run.stdout}"
-    assert time.monotonic() - start < 5, "[kernels.aot --help] took over 5 s: does it import triton?"
-    check = ("import sys\nfrom kernels import aot\ntry:\n    aot.main(['--help'])\nexcept SystemExit:\n    pass\n"
+    assert run.returncode == 0 and run.stdout.startswith("usage:"), f"[perf.aot --help]\n{run.stdout}{run.stderr}"
+    assert "--report" in run.stdout and "--json" in run.stdout, f"[perf.aot --help]\n{run.stdout}"
+    assert time.monotonic() - start < 5, "[perf.aot --help] took over 5 s: does it import triton?"
+    check = ("import sys\nfrom perf import aot\ntry:\n    aot.main(['--help'])\nexcept SystemExit:\n    pass\n"
              "print('IMPORTED' if 'triton' in sys.modules or 'torch' in sys.modules else 'CLEAN')")
     run = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert run.stdout.rstrip().endswith("CLEAN"), f"[kernels.aot --help] imported triton or torch:\n{run.stdout}"
+    assert run.stdout.rstrip().endswith("CLEAN"), f"[perf.aot --help] imported triton or torch:\n{run.stdout}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,7 +135,7 @@ def test_help_is_quick_and_compiles_nothing():
 
 HEADER = """
 \tcode for sm_90a
-\t\tFunction : _fwd_kernel
+\t\tFunction : fwd_kernel
 \t.headerflags\t@"EF_CUDA_TEXMODE_UNIFIED EF_CUDA_64BIT_ADDRESS EF_CUDA_SM90"
 """
 

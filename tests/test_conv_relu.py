@@ -10,9 +10,15 @@ import pytest
 import torch
 
 import kernels
+from alexnet.layers import CONVS as ALEXNET_CONVS
 from kernels import conv_relu
-from kernels.conv_relu import ALEXNET_CONVS, TILES, conv2d_relu
+from kernels.conv_relu import geometry as conv_geometry
+from kernels.conv_relu import launch as conv_launch
+from kernels.conv_relu import tiles as conv_tiles
+from kernels.conv_relu.tiles import TILES
 from tests.reference import conv2d_relu as reference
+
+conv2d_relu = conv_relu.conv2d_relu
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -86,8 +92,7 @@ def check(name, x, w, b, stride, padding, groups, precision=EXACT, dy_layout=Non
     x = x.detach().requires_grad_(input_grad)
     w = w.detach().requires_grad_()
     b = b.detach().requires_grad_() if b is not None else None
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv_relu, "ALLOW_TF32", tf32)
+    with torch.backends.cudnn.flags(allow_tf32=tf32):  # the flag the kernels follow, as cuDNN's convolutions do
         y = conv2d_relu(x, w, b, stride, padding, groups)
         dy = gradient_like(y)
         y.backward(dy_layout(dy) if dy_layout else dy)
@@ -188,35 +193,37 @@ def test_outputs_are_channels_last():
 @pytest.mark.parametrize("kernel", list(TILES))
 def test_every_tile(kernel):
     """Each tile the autotuner can pick on a GPU (the interpreter runs one per shape) gives the same answer,
-    in fp32 (TF32 on a GPU while ALLOW_TF32, so TF32's tolerance then) and in bf16."""
-    x_shape, w_shape, *geometry, bias = ODD["3x2/2 g2"]
-    for precision in (PRECISIONS[1] if conv_relu.ALLOW_TF32 else EXACT, PRECISIONS[3]):
+    in fp32 (TF32 on a GPU while torch allows it for convolutions, so TF32's tolerance then) and in bf16."""
+    x_shape, w_shape, *arguments, bias = ODD["3x2/2 g2"]
+    for precision in (PRECISIONS[1] if conv_launch.precision(torch.float32) == "tf32" else EXACT, PRECISIONS[3]):
         x, w, b = make(x_shape, w_shape, bias, precision[1])
-        y = reference(x.double(), w.double(), b.double(), *geometry).to(x.dtype)
+        y = reference(x.double(), w.double(), b.double(), *arguments).to(x.dtype)
         y = y.contiguous(memory_format=torch.channels_last)
-        g, _ = conv_relu._relu_mask(gradient_like(y), y, bias=False)
-        dx, dw, _ = reference_grads(x, w, y, g, *geometry)
-        tiles = conv_relu.usable_tiles(kernel, x.dtype, 1 << 20, 1 << 20)  # every tile: any side fits, all divide
+        g, _ = conv_launch._relu_mask(gradient_like(y), y, bias=False)
+        dx, dw, _ = reference_grads(x, w, y, g, *arguments)
+        geometry = conv_geometry.conv_geometry(x.shape, w.shape, *arguments)
+        tiles = conv_tiles.usable_tiles(kernel, x.dtype, 1 << 20, 1 << 20)  # every tile: any side fits, all divide
         assert len(tiles) == len(TILES[kernel]), f"[{kernel}] tiles {tiles}"
         for tile in tiles:
             if kernel == "fwd":
-                out, grid, args, meta = conv_relu._fwd_plan(x, w, b, *geometry)
-                want = reference(x.double(), w.double(), b.double(), *geometry)
+                out, plan = conv_launch.fwd_plan(x, w, b, geometry)
+                want = reference(x.double(), w.double(), b.double(), *arguments)
             elif kernel == "dgrad":
-                out, grid, args, meta = conv_relu._dgrad_plan(g, w, x.shape, *geometry)
+                out, plan = conv_launch.dgrad_plan(g, w, geometry)
                 want = dx
             else:
-                out, grid, args, meta = conv_relu._wgrad_plan(g, x, w.shape, *geometry)
+                out, plan = conv_launch.wgrad_plan(g, x, geometry)
                 want = dw
-            getattr(conv_relu, f"_{kernel}_kernel").fn[grid](*args, **meta, **conv_relu._tile_meta(tile))
-            assert_close(f"{kernel} tile {tile} {precision[0]}", out, want, *precision[3:])
+            plan.kernel.fn[plan.grid](**plan.args, **conv_tiles.tile_meta(tile))
+            got = out.sum(0) if kernel == "wgrad" else out  # wgrad's partial sums, one per split
+            assert_close(f"{kernel} tile {tile} {precision[0]}", got, want, *precision[3:])
 
 
 def test_wgrad_splits_the_reduction(monkeypatch):
     """The split-K path (several programs adding into dW) is exercised, and agrees."""
     splits = []
-    original = conv_relu.wgrad_splits
-    monkeypatch.setattr(conv_relu, "wgrad_splits", lambda *args: splits.append(original(*args)) or splits[-1])
+    original = conv_launch.wgrad_splits
+    monkeypatch.setattr(conv_launch, "wgrad_splits", lambda *args: splits.append(original(*args)) or splits[-1])
     x_shape, w_shape, stride, padding, groups, bias = ODD["many pixels (wgrad splits)"]
     check("many pixels", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
     assert splits and max(splits) > 1, f"[wgrad] splits {splits}: the reduction was never split"
@@ -224,24 +231,31 @@ def test_wgrad_splits_the_reduction(monkeypatch):
 
 def test_conv1_runs_as_a_stride_one_convolution_over_48_channels():
     x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
-    _, _, taps, size = conv_relu._space_to_depth((128, *x_shape), w_shape, stride, padding, groups)
-    assert (taps, size) == ((3, 3), (57, 57)), f"[conv1] space-to-depth form {taps} taps over {size}"
+    form = conv_geometry.conv_geometry((128, *x_shape), w_shape, stride, padding, groups).runs_as
+    assert form and (form.C, form.R, form.S, form.H, form.W, form.stride, form.padding) == \
+        (48, 3, 3, 57, 57, (1, 1), (0, 0)), f"[conv1] space-to-depth form {form}"
     for name in ("conv2", "conv3", "conv4", "conv5"):
         x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS[name]
-        assert conv_relu._space_to_depth((1, *x_shape), w_shape, stride, padding, groups) is None, f"[{name}]"
+        assert conv_geometry.conv_geometry((1, *x_shape), w_shape, stride, padding, groups).runs_as is None, \
+            f"[{name}]"
 
 
 def test_strided_conv1_without_space_to_depth(monkeypatch):
     """The direct strided kernels (every dgrad stride phase) at conv1's window, the other path of conv1."""
-    monkeypatch.setattr(conv_relu, "S2D_MAX_CHANNELS", 0)
-    _, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
-    x, w, b = make((1, 3, 31, 31), w_shape, True, torch.float32)
-    check("conv1 direct at 31x31", x, w, b, stride, padding, groups)
+    monkeypatch.setattr(conv_geometry, "S2D_MAX_CHANNELS", 0)
+    conv_geometry._geometry.cache_clear()  # geometries are cached per shape
+    try:
+        _, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+        x, w, b = make((1, 3, 31, 31), w_shape, True, torch.float32)
+        assert conv_geometry.conv_geometry(x.shape, w.shape, stride, padding, groups).runs_as is None
+        check("conv1 direct at 31x31", x, w, b, stride, padding, groups)
+    finally:
+        conv_geometry._geometry.cache_clear()
 
 
 def test_64_bit_indexing_path(monkeypatch):
     """The int64 offsets taken when a tensor spans 2^31 elements (too big to test here) give the same answer."""
-    monkeypatch.setattr(conv_relu, "_index_64", lambda *tensors: True)
+    monkeypatch.setattr(conv_launch, "needs_int64", lambda *tensors: True)
     x_shape, w_shape, stride, padding, groups, bias = ODD["5x4/(2,3) g3 pad3"]
     check("INDEX_64", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
 
@@ -264,7 +278,7 @@ def test_the_triton_backend_uses_it_and_shapes_are_alexnets():
     for name, (x_shape, w_shape, stride, padding, groups) in ALEXNET_CONVS.items():
         layer = getattr(model, name)
         assert (tuple(layer.weight.shape), layer.stride, layer.padding, layer.groups) == \
-               (w_shape, (stride,) * 2, (padding,) * 2, groups), f"[{name}] ALEXNET_CONVS differs from the model"
+               (w_shape, (stride,) * 2, (padding,) * 2, groups), f"[{name}] alexnet.layers differs from the model"
         assert layer.in_channels == x_shape[0], f"[{name}] input channels"
 
 
@@ -293,7 +307,45 @@ def test_clear_errors(case):
 
 
 def test_cpu_tensor_without_the_interpreter_is_refused(monkeypatch):
-    monkeypatch.setattr(conv_relu, "interpreting", lambda: False)
+    monkeypatch.setattr(kernels.tensors, "interpreting", lambda: False)
     x, w, b = (t.cpu() for t in make((1, 4, 8, 8), (6, 2, 3, 3), True, torch.float32))
     with pytest.raises(ValueError, match="x is on cpu; the Triton kernels need a CUDA tensor"):
         conv2d_relu(x, w, b, 1, 0, 2)
+
+
+@pytest.mark.parametrize("name", ["3x3", "3x2/2 g2", "s2d 5x4/(2,3) pad (1,2)"])
+def test_a_strided_bias_is_read_by_its_stride(name):
+    """A bias that is a view with stride 2 (every other element of a wider tensor) is read as such."""
+    x_shape, w_shape, stride, padding, groups, _ = ODD[name]
+    x, w, b = make(x_shape, w_shape, True, torch.float32)
+    wide = torch.randn(2 * b.numel(), generator=torch.Generator().manual_seed(7)).to(DEVICE, b.dtype)
+    wide[::2] = b
+    assert wide[::2].stride() == (2,)
+    check(f"{name} strided bias", x, w, wide[::2], stride, padding, groups)
+
+
+def test_fp32_precision_follows_torchs_convolution_flag():
+    """fp32 runs TF32 when torch allows it for cuDNN's convolutions (the default) and exact fp32 ("ieee")
+    when not; 16-bit inputs are exact either way. The exact path itself is what every EXACT check runs."""
+    x, w, b = make(*ODD["3x3"][:2], True, torch.float32)
+    geometry = conv_geometry.conv_geometry(x.shape, w.shape, 1, 1, 1)
+    for allowed, want in ((True, "tf32"), (False, "ieee")):
+        with torch.backends.cudnn.flags(allow_tf32=allowed):
+            assert conv_launch.precision(torch.float32) == want, f"[precision] allow_tf32={allowed}"
+            assert conv_launch.fwd_plan(x, w, b, geometry)[1].args["PRECISION"] == want, "[fwd PRECISION]"
+            assert conv_launch.precision(torch.bfloat16) == "ieee", "[precision] bf16"
+
+
+def test_wgrad_is_reproducible_and_uses_no_atomics():
+    """dW of two identical calls is bit-identical with the reduction split (partials summed in a fixed order),
+    and no kernel under kernels/ uses an atomic (whose order would change the sum run to run on a GPU)."""
+    from pathlib import Path
+
+    x_shape, w_shape, stride, padding, groups, bias = ODD["many pixels (wgrad splits)"]
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    y = conv2d_relu(x, w, b, stride, padding, groups)
+    dy = gradient_like(y)
+    first, second = (conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, stride, padding, groups) for _ in range(2))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1]), "[dW] differs between two calls"
+    for path in Path(kernels.__file__).parent.rglob("*.py"):
+        assert "atomic_" not in path.read_text(), f"[{path.name}] uses an atomic"

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import kernels
+from alexnet.layers import LRN as PAPER
 from kernels.local_response_norm import lrn, lrn_bwd, lrn_fwd
+from tests.devices import triton_device
 from tests.reference import lrn as torch_lrn
 from tests.reference import lrn_grad_float64, lrn_paper_float64
 
-PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+pytestmark = pytest.mark.usefixtures("on_triton_device")  # tensors made here go where the kernels run
 
 # (dtype, atol, rtol) against the unrounded fp32 / float64 references. Our math is fp32 with one
 # final rounding, so the output is off by at most half an ulp of its dtype plus fp32 error:
@@ -39,7 +41,8 @@ def activations(shape, dtype=torch.float32, alpha=PAPER["alpha"], k=PAPER["k"], 
     """Random input scaled so that alpha * (sum of a^2 over a window) is about k: at N(0, 1) and the
     paper's alpha the denominator would be ~2 whatever the window, and a wrong window would pass."""
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=generator) * (k / alpha) ** 0.5 / 2).to(dtype)
+    x = torch.randn(shape, generator=generator, device="cpu") * (k / alpha) ** 0.5 / 2
+    return x.to(triton_device(), dtype)
 
 
 def check_lrn(name, x, dy, **params):
@@ -182,5 +185,5 @@ def test_clear_errors(call, error, message):
 
 def test_cpu_tensor_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="lrn: x is on cpu, but the Triton kernels run on a CUDA GPU"):
-        lrn(torch.randn(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="lrn: x is on cpu; the Triton kernels need a CUDA tensor"):
+        lrn(torch.randn(1, 3, 2, 2, device="cpu"))

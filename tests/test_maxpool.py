@@ -13,8 +13,10 @@ import torch.nn.functional as F
 import kernels
 from kernels.interpret import interpreting
 from kernels.maxpool import max_pool2d, max_pool2d_bwd, max_pool2d_fwd
+from tests.devices import triton_device
 from tests.reference import max_pool2d_grad_fp32
 
+pytestmark = pytest.mark.usefixtures("on_triton_device")  # tensors made here go where the kernels run
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -32,10 +34,10 @@ def reference_dx(x, dy, kernel_size=3, stride=2):
 
 def make_input(kind, shape, dtype=torch.float32, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    x = {"randn": lambda: torch.randn(shape, generator=generator),
-         "relu": lambda: torch.randn(shape, generator=generator).relu(),  # half zeros: ties everywhere
-         "integers": lambda: torch.randint(-2, 3, shape, generator=generator).float()}[kind]()
-    return x.to(dtype)
+    x = {"randn": lambda: torch.randn(shape, generator=generator, device="cpu"),
+         "relu": lambda: torch.randn(shape, generator=generator, device="cpu").relu(),  # ties everywhere
+         "integers": lambda: torch.randint(-2, 3, shape, generator=generator, device="cpu").float()}[kind]()
+    return x.to(triton_device(), dtype)
 
 
 def check_pool(name, x, dy, kernel_size=3, stride=2):
@@ -154,5 +156,5 @@ def test_clear_errors(call, error, message):
 
 def test_cpu_tensor_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="max_pool2d: x is on cpu, but the Triton kernels run on a CUDA GPU"):
-        max_pool2d(torch.randn(1, 3, 5, 5))
+    with pytest.raises(ValueError, match="max_pool2d: x is on cpu; the Triton kernels need a CUDA tensor"):
+        max_pool2d(torch.randn(1, 3, 5, 5, device="cpu"))

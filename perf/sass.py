@@ -27,7 +27,7 @@ Every warp of a block runs the loop body once per iteration, so per iteration of
     R = issue clocks / tensor clocks
 
 R <= ~0.7: the tensor cores can be the bottleneck; R >= 1: the loop is issue-bound whatever the
-scheduler does (shared/design.md). An HGMMA counts as one instruction issued, like any other.
+scheduler does. An HGMMA counts as one instruction issued, like any other.
 
 Per loop body, also: whether the loop waits for its own wgmma each iteration (`WARPGROUP.DEPBAR.LE
 gsb0, 0x0`: nothing left in flight, so loads cannot overlap the math), and which global loads it

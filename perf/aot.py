@@ -1,28 +1,27 @@
 """Compile every Triton kernel config AlexNet uses for sm_80 and sm_90, with no GPU, check it, and estimate it.
 
-    python -m kernels.aot                               check: regs, spills, shared memory
-    python -m kernels.aot --report [--json FILE]        also the SASS facts, R, time estimates, step roll-up
-    python -m kernels.aot --report --only conv3         only the builds whose kernel or input names hold it
+    python -m perf.aot                               check: regs, spills, shared memory
+    python -m perf.aot --report [--json FILE]        also the SASS facts, R, time estimates, step roll-up
+    python -m perf.aot --report --only conv3         only the builds whose kernel or input names hold it
 
-Each module in MODULES has `aot_configs()`, yielding `(label, kernel, args, meta, work)` for every launch
-its launchers make at AlexNet's shapes (batch 128): a label for the input (shape, dtype, layout),
-the @triton.jit function, the positional args and keyword meta (constexprs, num_warps...) the
-launcher passes, built by the launcher's own code (tensors may be on the meta device), and the
-launch's `work` (kernels.work: layer, op, dtype, programs, iterations, macs, bytes, step). Triton's
-own binder turns args and meta into the signature, constexprs and alignment/divisibility attributes
-the JIT would, so the cubin built here is the one that would run. Identical builds are made once; the
-last column lists the inputs that share one.
+perf.launches yields `(label, kernel, kwargs, work)` for every launch the ops make at AlexNet's shapes
+(batch 128): a label for the input (shape, dtype, layout), the @triton.jit function, every argument by
+name as the launcher passes it (constexprs, num_warps, the tile), built by the ops' own plan code on
+meta-device tensors, and the launch's `work` (perf.work: layer, op, dtype, programs, iterations, macs,
+bytes, step). Triton's own binder turns those arguments into the signature, constexprs and
+alignment/divisibility attributes the JIT would, so the cubin built here is the one that would run.
+Identical builds are made once; the last column lists the inputs that share one.
 
 The check gives registers, spilled bytes (local memory) and shared memory per block (static plus
 Triton's dynamic allocation) from the cuobjdump in the Triton wheel. Exit status 1 on any compile
 error, any spill, or shared memory beyond the architecture's per-block limit.
 The interpreter (TRITON_INTERPRET=1) is switched off here: it has nothing to compile.
 
---report adds, per build and from its SASS (kernels.sass: the main loop, its MMA, its wait, its
+--report adds, per build and from its SASS (perf.sass: the main loop, its MMA, its wait, its
 loads, R), an ESTIMATE of each launch's time on an H100 SXM and an H200 (sm_90 builds), with this model:
 
     per program   clocks = (instructions outside the main loop) x warps / 4          (prologue, epilogue)
-                         + trips x max(issue clocks, tensor clocks) of one loop iteration  (kernels.sass)
+                         + trips x max(issue clocks, tensor clocks) of one loop iteration  (perf.sass)
                   trips = work["iterations"], scaled by the MACs of the source tile (BLOCK_M*BLOCK_N*BLOCK_K)
                   over those of one SASS iteration where the compiler unrolled the loop; a kernel with no
                   loop runs its whole body once. Branches are not followed: every instruction counts once.
@@ -54,9 +53,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernels import sass
-
-MODULES = ["kernels.local_response_norm", "kernels.maxpool", "kernels.conv_relu"]
+from alexnet.layers import CONVS, LINEARS, LRNS, ORDER, POOLS
+from perf import sass
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory per block, opt-in maximum
 SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
 SHARED_RESERVED = 1024  # per block, by the driver
@@ -66,18 +64,17 @@ REGS_PER_SM, WARPS_PER_SM, BLOCKS_PER_SM = 65536, 64, 32
 # datasheet's 989 TFLOP/s is the boost; 1.755 GHz is what long GEMMs hold), HBM bandwidth from bench.costs.
 SMS, CLOCK_HZ = 132, 1.755e9
 ESTIMATE_GPUS = ("h100", "h200")
-# AlexNet's fully connected layers (fan_in, fan_out): cuBLAS, not ours; counted at their floor.
-FULLY_CONNECTED = {"fc6": (256 * 6 * 6, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}
 
 
-def _specialise(kernel, target, args, meta):
+def _specialise(kernel, target, kwargs):
     """(signature, constexprs, attrs, options) exactly as Triton's JIT derives them from a launch."""
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound_args, specialization, options = binder(*args, **meta)
+    bound_args, specialization, options = binder(**kwargs)
+    meta = {name: value for name, value in kwargs.items() if name not in kernel.arg_names}
     options, signature, constexprs, attrs = kernel._pack_args(backend, meta, bound_args, specialization, options)
     return signature, constexprs, attrs, options
 
@@ -100,29 +97,30 @@ def _resource_usage(cubin: bytes, workdir: Path) -> dict:
     return dict(zip(("REG", "STACK", "SHARED", "LOCAL"), map(int, usage.groups())))
 
 
-def _builds(modules, only=None):
+def _builds(only=None):
     """{(kernel name, config, arch, attrs): (kernel, target, signature, constexprs, attrs, options,
     [(label, work)])}, one per distinct build; `only`: keep launches whose kernel name or label holds it."""
     import triton
 
+    from perf.launches import launches
+
     builds = {}
-    for module in modules:
-        for label, kernel, args, meta, work in importlib.import_module(module).aot_configs():
-            if not isinstance(kernel, triton.runtime.JITFunction):
-                raise RuntimeError(f"{module} was imported under TRITON_INTERPRET=1; run python -m kernels.aot "
-                                   f"in a fresh process")
-            if only and only not in kernel.__name__ and only not in label:
-                continue
-            for arch in SHARED_LIMIT:
-                target = triton.backends.compiler.GPUTarget("cuda", arch, 32)
-                signature, constexprs, attrs, options = _specialise(kernel, target, args, meta)
-                names = [kernel.arg_names[path[0]] for path in constexprs]
-                config = " ".join(f"{name}={value}" for name, value in zip(names, constexprs.values()))
-                config += f" warps={options.num_warps} stages={options.num_stages}"
-                config += " " + ",".join(sorted({t for t in signature.values() if t.startswith("*")}))
-                key = (kernel.__name__, config, arch, repr(attrs))
-                entry = builds.setdefault(key, (kernel, target, signature, constexprs, attrs, options, []))
-                entry[-1].append((label, work))
+    for label, kernel, kwargs, work in launches():
+        if not isinstance(kernel, triton.runtime.JITFunction):
+            raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1; run python -m perf.aot "
+                               "in a fresh process")
+        if only and only not in kernel.__name__ and only not in label:
+            continue
+        for arch in SHARED_LIMIT:
+            target = triton.backends.compiler.GPUTarget("cuda", arch, 32)
+            signature, constexprs, attrs, options = _specialise(kernel, target, kwargs)
+            names = [kernel.arg_names[path[0]] for path in constexprs]
+            config = " ".join(f"{name}={value}" for name, value in zip(names, constexprs.values()))
+            config += f" warps={options.num_warps} stages={options.num_stages}"
+            config += " " + ",".join(sorted({t for t in signature.values() if t.startswith("*")}))
+            key = (kernel.__name__, config, arch, repr(attrs))
+            entry = builds.setdefault(key, (kernel, target, signature, constexprs, attrs, options, []))
+            entry[-1].append((label, work))
     return builds
 
 
@@ -215,7 +213,7 @@ def rollup(rows: list[dict], step_dtype: str) -> dict:
         entry["floor_h100_s"] = max(entry["flops"] / peak, entry["bytes"] / h100.bandwidth)
         entry["floor_h200_s"] = max(entry["flops"] / peak, entry["bytes"] / h200.bandwidth)
         layers.append(entry)
-    for layer, (fan_in, fan_out) in FULLY_CONNECTED.items():
+    for layer, (fan_in, fan_out) in LINEARS.items():
         for op, (flops, bytes_) in linear_costs(128, fan_in, fan_out, ELEMENT_BYTES[step_dtype]).items():
             floors = {name: max(flops / peak, bytes_ / GPUS[name].bandwidth) for name in ESTIMATE_GPUS}
             layers.append(dict(layer=layer, op=op, kernel="cuBLAS (at its floor)", tile="", label="", R=None,
@@ -231,7 +229,7 @@ def rollup(rows: list[dict], step_dtype: str) -> dict:
     flops = sum(e["flops"] for e in layers)
     totals = {kind: total(kind) for kind in ("conv", "lrn", "pool", "fc")}
     totals["step"] = total(None)
-    params = sum(fi * fo + fo for fi, fo in FULLY_CONNECTED.values()) + _conv_params()
+    params = sum(fi * fo + fo for fi, fo in LINEARS.values()) + _conv_params()
     return dict(dtype=step_dtype, layers=layers, totals=totals, flops=flops, compute_floor_s=flops / peak,
                 ratio={name: totals["step"][name]["seconds"] / (flops / peak) for name in ESTIMATE_GPUS},
                 missing=sorted({f"{layer} {op}" for layer, op in _expected_step_launches()} -
@@ -241,20 +239,17 @@ def rollup(rows: list[dict], step_dtype: str) -> dict:
 
 def _layer_order(key):
     layer, op = key
-    order = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4", "conv5", "pool5"]
-    return order.index(layer) if layer in order else len(order), ["fwd", "dgrad", "wgrad", "bwd"].index(op) \
-        if op in ("fwd", "dgrad", "wgrad", "bwd") else 9
+    ops = ("fwd", "dgrad", "wgrad", "bwd")
+    return ORDER.index(layer) if layer in ORDER else len(ORDER), ops.index(op) if op in ops else len(ops)
 
 
 def _expected_step_launches():
-    convs = [(f"conv{i}", op) for i in range(1, 6) for op in ("fwd", "dgrad", "wgrad") if (i, op) != (1, "dgrad")]
-    return convs + [(layer, op) for layer in ("lrn1", "lrn2", "pool1", "pool2", "pool5") for op in ("fwd", "bwd")]
+    convs = [(name, op) for name in CONVS for op in ("fwd", "dgrad", "wgrad") if (name, op) != ("conv1", "dgrad")]
+    return convs + [(layer, op) for layer in (*LRNS, *POOLS) for op in ("fwd", "bwd")]
 
 
 def _conv_params():
-    from kernels.conv_relu import ALEXNET_CONVS
-
-    return sum(math.prod(w) + w[0] for _, w, _, _, _ in ALEXNET_CONVS.values())
+    return sum(math.prod(w) + w[0] for _, w, _, _, _ in CONVS.values())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,8 +301,8 @@ def _report_lines(rows: list[dict]) -> list[str]:
     return _table(header, table) + [
         "loop: main-loop instructions per warp per iteration (L: no MMA, the largest loop; K: no loop, the whole "
         "kernel); R = issue / tensor clocks of one iteration; wait0: the loop waits for its wgmma (gsb0, 0x0); "
-        f"H100us: ESTIMATE at {CLOCK_HZ / 1e9:.3f} GHz, {SMS} SMs (model: python -m kernels.aot --help, "
-        "kernels/aot.py)"]
+        f"H100us: ESTIMATE at {CLOCK_HZ / 1e9:.3f} GHz, {SMS} SMs (model: python -m perf.aot --help, "
+        "perf/aot.py)"]
 
 
 def _r_summary_lines(rows: list[dict]) -> list[str]:
@@ -349,7 +344,7 @@ def _rollup_lines(roll: dict) -> list[str]:
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m kernels.aot", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m perf.aot", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compile every Triton kernel build AlexNet uses for sm_80 and sm_90 (no GPU needed) and check "
                     "it: exit 1 on a compile error, a spill, or shared memory beyond the limit.",
         epilog=__doc__[__doc__.index("--report adds"):])
@@ -362,7 +357,25 @@ def _parse_args(argv):
                                                        "contains TEXT (the roll-up is then partial)")
     args = parser.parse_args(argv)
     args.report = args.report or args.json is not None
+    if args.json is not None:
+        problem = _unwritable(args.json)
+        if problem:
+            parser.error(f"--json {args.json}: {problem}")
     return args
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (checked before minutes of compiling), or None."""
+    if path.is_dir():
+        return "is a folder"
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def main(argv=None) -> int:
@@ -373,10 +386,19 @@ def main(argv=None) -> int:
     import triton
     from triton.compiler import ASTSource
 
+    builds = _builds(args.only)
+    if not builds:
+        from perf.launches import launches
+
+        kernel_names = sorted({kernel.__name__ for _, kernel, _, _ in launches()})
+        print(f"python -m perf.aot: error: --only {args.only!r} matches no kernel name and no input label; the "
+              f"kernels are {', '.join(kernel_names)} (labels look like 'conv3 bfloat16 wgrad', "
+              "'96x55x55 float32 NHWC')", file=sys.stderr)
+        return 2
     failures, rows = 0, []
     with tempfile.TemporaryDirectory() as tmp:
         for (name, config, arch, _), (kernel, target, signature, constexprs, attrs, options, launches) \
-                in _builds(MODULES, args.only).items():
+                in builds.items():
             named = {kernel.arg_names[path[0]]: value for path, value in constexprs.items()}
             row = dict(kernel=name, config=config, arch=f"sm_{arch}", tile=_tile(named), warps=options.num_warps,
                        stages=options.num_stages, labels=[label for label, _ in launches], regs=None)
@@ -403,6 +425,7 @@ def main(argv=None) -> int:
             lines += ["", *_rollup_lines(roll)]
         print("\n".join(lines))
         if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(dict(model=__doc__[__doc__.index("--report adds"):],
                                                  clock_hz=CLOCK_HZ, sms=SMS, builds=rows,
                                                  rollup={roll["dtype"]: roll for roll in rolls}), indent=1))

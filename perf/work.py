@@ -1,7 +1,6 @@
-"""The `work` of one launch: what `aot_configs()` yields as the fifth item, for `python -m kernels.aot --report`.
+"""The `work` of one launch: what perf.launches yields as the fourth item, for `python -m perf.aot --report`.
 
-Every module in kernels.aot.MODULES yields `(label, kernel, args, meta, work)` per launch, with `work` the
-dict `launch_work` builds:
+perf.launches yields `(label, kernel, kwargs, work)` per launch, with `work` the dict `launch_work` builds:
 
     layer       "conv1".."conv5", "lrn1", "lrn2", "pool1", "pool2", "pool5"
     op          "fwd", "dgrad", "wgrad", "bwd" (or another launch's name)
@@ -13,7 +12,6 @@ dict `launch_work` builds:
     step        True if the launch is part of one bf16 or tf32 training step of AlexNet(kernels="triton")
 
 The costs come from bench.costs; the helpers below turn its per-op (FLOPs, bytes) into per-launch work.
-Imported by the kernel modules' aot_configs only (inside the function), never at kernel import time.
 """
 
 from bench.costs import ELEMENT_BYTES, conv_costs, lrn_costs, pool_costs

@@ -1,0 +1,242 @@
+"""Planning and starting the conv kernels, and the autograd Function.
+
+A plan turns tensors and a ConvGeometry into the output it allocates and a Launch: the kernel, its grid and
+every argument by name, the tile left to the autotuner. The launchers start plans through
+kernels.tensors.launch (on the tensors' device and stream); perf.launches builds the same plans on
+meta-device tensors, so what perf.aot compiles is what runs.
+"""
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import triton
+from torch.autograd.function import once_differentiable
+
+from kernels.conv_relu import space_to_depth
+from kernels.conv_relu.geometry import ConvGeometry, conv_geometry
+from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, wgrad_kernel
+from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
+from kernels.tensors import FLOAT_DTYPES, check_device, check_image_offsets, launch, needs_int64
+
+MASK_TILE = 4096  # elements per program of the ReLU-mask kernel
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: object  # a @triton.jit kernel, autotuned or not
+    grid: tuple | Callable  # or grid(meta) once the autotuner has chosen the tile
+    args: dict  # every argument by name, constexprs included, the tile excepted
+
+    def start(self, device: torch.device):
+        launch(self.kernel, self.grid, device, **self.args)
+
+
+def precision(dtype: torch.dtype) -> str:
+    """The kernels' input_precision for `dtype`: only fp32 products have a choice (16-bit ones are exact on
+    tensor cores). As for cuDNN's convolutions: TF32 unless torch says otherwise, through
+    torch.backends.cudnn.conv.fp32_precision (torch >= 2.9; "none" defers to the levels above) or, before it,
+    torch.backends.cudnn.allow_tf32."""
+    if dtype != torch.float32:
+        return "ieee"
+    levels = [getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
+              getattr(torch.backends.cudnn, "fp32_precision", None), getattr(torch.backends, "fp32_precision", None)]
+    if levels[0] is None:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return next((level for level in levels if level not in (None, "none")), "ieee")
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`'s GPU (4 with no GPU: the interpreter's splits are tests only)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plans
+
+
+def mask_plan(dy, y, bias: bool):
+    """(g, db partials or None, Launch): g = dy where y > 0, and each row block's sum of g if `bias`."""
+    N, K, P, Q = y.shape
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    y = y.contiguous(memory_format=torch.channels_last)
+    g = torch.empty_like(y)
+    block_c = min(128, triton.next_power_of_2(K))
+    block_r = MASK_TILE // block_c
+    blocks = triton.cdiv(N * P * Q, block_r)
+    db = torch.empty(blocks, K, device=y.device, dtype=torch.float32) if bias else None
+    args = dict(dy_ptr=dy, y_ptr=y, g_ptr=g, db_ptr=db if bias else g, ROWS=N * P * Q, K=K, HAS_BIAS=bias,
+                INDEX_64=needs_int64(y), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+    return g, db, Launch(relu_mask_kernel, (blocks, triton.cdiv(K, block_c)), args)
+
+
+def fwd_plan(x, weight, bias, geometry: ConvGeometry):
+    """(y, Launch) of the forward of `geometry` (a stride-1 form already applied to x and weight)."""
+    g = geometry
+    w = weight.contiguous(memory_format=torch.channels_last)  # (r, s, c) contiguous: the reduction
+    y = torch.empty(g.y_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    rows, kg = g.N * g.P * g.Q, g.K // g.groups
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), g.groups)
+    sx, sw, sy = x.stride(), w.stride(), y.stride()
+    args = dict(x_ptr=x, w_ptr=w, b_ptr=bias if bias is not None else w, y_ptr=y, ROWS=rows,
+                sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3], sw_k=sw[0], sw_c=sw[1], sw_r=sw[2], sw_s=sw[3],
+                sy_n=sy[0], sy_c=sy[1], sy_h=sy[2], sy_w=sy[3], sb_k=bias.stride(0) if bias is not None else 0,
+                **g.constants(), HAS_BIAS=bias is not None, PRECISION=precision(x.dtype),
+                INDEX_64=needs_int64(x, y))
+    return y, Launch(fwd_kernel, grid, args)
+
+
+def dgrad_plan(g_masked, weight, geometry: ConvGeometry):
+    """(dx, Launch): the input gradient of `geometry` from the masked output gradient."""
+    g = geometry
+    w = weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # k contiguous: the reduction
+    dx = torch.empty(g.x_shape, device=g_masked.device, dtype=g_masked.dtype, memory_format=torch.channels_last)
+    (sh, sw), cg = g.stride, g.C // g.groups
+    rows = g.N * triton.cdiv(g.H, sh) * triton.cdiv(g.W, sw)  # the largest stride phase's pixels
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), g.groups, sh * sw)
+    sg, swt, sx = g_masked.stride(), w.stride(), dx.stride()
+    args = dict(g_ptr=g_masked, w_ptr=w, dx_ptr=dx, ROWS=rows,
+                sg_n=sg[0], sg_c=sg[1], sg_h=sg[2], sg_w=sg[3], sw_k=swt[0], sw_c=swt[1], sw_r=swt[2], sw_s=swt[3],
+                sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3], **g.constants(),
+                PRECISION=precision(g_masked.dtype), INDEX_64=needs_int64(g_masked, dx))
+    return dx, Launch(dgrad_kernel, grid, args)
+
+
+def wgrad_plan(g_masked, x, geometry: ConvGeometry, sms: int | None = None):
+    """(partials, Launch): dW of `geometry` as [splits, K, C/groups, R, S] fp32 partial sums, the reduction over
+    pixels split for `sms` SMs (default: x's GPU's) so that the output tiles and splits fill one wave."""
+    g = geometry
+    kg, window, rows = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
+    bm, bn, bk, _, _ = usable_tiles("wgrad", x.dtype, kg, window)[0]
+    tiles = lambda meta: triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(window, meta["BLOCK_N"])
+    splits = wgrad_splits(tiles(dict(BLOCK_M=bm, BLOCK_N=bn)) * g.groups, triton.cdiv(rows, bk),
+                          sms if sms is not None else _sms(x.device))
+    partials = torch.empty(splits, *g.w_shape, device=x.device, dtype=torch.float32)
+    sx, sp = x.stride(), partials.stride()
+    args = dict(x_ptr=x, g_ptr=g_masked, dw_ptr=partials, ROWS=rows, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
+                sw_split=sp[0], sw_k=sp[1], sw_c=sp[2], sw_r=sp[3], sw_s=sp[4], **g.constants(), GROUPS=g.groups,
+                PRECISION=precision(x.dtype), INDEX_64=needs_int64(x, g_masked))
+    return partials, Launch(wgrad_kernel, lambda meta: (tiles(meta), g.groups, splits), args)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers (callable without autograd)
+
+
+def _check(x, weight, bias):
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"conv2d_relu: {name} must be a 4-D tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"conv2d_relu: x has dtype {x.dtype}; supported: float16, bfloat16, float32")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"conv2d_relu: weight has dtype {weight.dtype} but x has {x.dtype}; they must match")
+    if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (weight.shape[0],)):
+        raise ValueError(f"conv2d_relu: bias must have shape ({weight.shape[0]},) and x's dtype {x.dtype}, "
+                         f"got {tuple(bias.shape)} {bias.dtype}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"conv2d_relu: {name} is on {t.device} but x is on {x.device}")
+    check_image_offsets("conv2d_relu", "x", x)  # column offsets within an image are 32-bit
+    check_device("conv2d_relu", "x", x)
+
+
+def _forward(x, weight, bias, geometry: ConvGeometry):
+    if geometry.runs_as:
+        x, weight = space_to_depth.to_input(x, geometry), space_to_depth.to_weight(weight, geometry)
+    y, plan = fwd_plan(x, weight, bias, geometry.kernel_form)
+    if y.numel():
+        plan.start(x.device)
+    return y
+
+
+def _relu_mask(dy, y, bias: bool):
+    """(g, db): dy where y > 0 (channels_last) and, if `bias`, its sum over pixels in fp32 (else None), the
+    row blocks' partial sums added in a fixed order."""
+    if dy.shape != y.shape:
+        raise ValueError(f"conv2d_relu: dy has shape {tuple(dy.shape)} but the output y has {tuple(y.shape)}")
+    g, db, plan = mask_plan(dy, y, bias)
+    if g.numel():
+        plan.start(y.device)
+    return g, (db.sum(0) if g.numel() else torch.zeros(y.shape[1], device=y.device)) if bias else None
+
+
+def _dgrad(g_masked, weight, geometry: ConvGeometry):
+    if geometry.runs_as:
+        weight = space_to_depth.to_weight(weight, geometry)
+    dx, plan = dgrad_plan(g_masked, weight, geometry.kernel_form)
+    if dx.numel():
+        plan.start(g_masked.device)
+    return space_to_depth.from_input_grad(dx, geometry) if geometry.runs_as else dx
+
+
+def _wgrad(g_masked, x, geometry: ConvGeometry):
+    """dW in fp32: the splits' partial sums added in split order (no atomics: the same dW every run)."""
+    if geometry.runs_as:
+        x = space_to_depth.to_input(x, geometry)
+    partials, plan = wgrad_plan(g_masked, x, geometry.kernel_form)
+    if not g_masked.numel():
+        return torch.zeros(geometry.w_shape, device=x.device, dtype=torch.float32)
+    plan.start(x.device)
+    dw = partials.sum(0) if len(partials) > 1 else partials[0]
+    return space_to_depth.from_weight_grad(dw, geometry) if geometry.runs_as else dw
+
+
+def conv2d_relu_fwd(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)), returned channels_last."""
+    _check(x, weight, bias)
+    return _forward(x, weight, bias, conv_geometry(x.shape, weight.shape, stride, padding, groups))
+
+
+def conv2d_relu_dgrad(dy, y, weight, x_shape, stride=1, padding=0, groups=1):
+    """The gradient of conv2d_relu(x, weight, ...) = y with respect to x (of shape x_shape), channels_last."""
+    geometry = conv_geometry(x_shape, weight.shape, stride, padding, groups)
+    return _dgrad(_relu_mask(dy, y, bias=False)[0], weight, geometry)
+
+
+def conv2d_relu_wgrad(dy, y, x, weight_shape, stride=1, padding=0, groups=1, bias=True):
+    """The gradients of conv2d_relu(x, weight, ...) = y with respect to the weight (of shape weight_shape)
+    and, if `bias`, the bias (else None), in x's dtype; accumulated in fp32."""
+    geometry = conv_geometry(x.shape, weight_shape, stride, padding, groups)
+    g, db = _relu_mask(dy, y, bias)
+    return _wgrad(g, x, geometry).to(x.dtype), db.to(x.dtype) if bias else None
+
+
+def _backward(dy, y, x, weight, geometry: ConvGeometry, needs=(True, True, True)):
+    g, db = _relu_mask(dy, y, bias=needs[2])
+    dx = _dgrad(g, weight, geometry) if needs[0] else None
+    dw = _wgrad(g, x, geometry).to(x.dtype) if needs[1] else None
+    return dx, dw, db.to(x.dtype) if needs[2] else None
+
+
+def conv2d_relu_bwd(dy, y, x, weight, stride=1, padding=0, groups=1, needs=(True, True, True)):
+    """(dx, dweight, dbias) of conv2d_relu; `needs` says which of the three to compute (None otherwise)."""
+    return _backward(dy, y, x, weight, conv_geometry(x.shape, weight.shape, stride, padding, groups), needs)
+
+
+class ConvReLU(torch.autograd.Function):
+    """relu(conv2d(x, w) + b) with Triton forward, dgrad and wgrad; saves x, w and the output y, and the
+    geometry computed once in the forward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, groups):
+        _check(x, weight, bias)
+        ctx.geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
+        y = _forward(x, weight, bias, ctx.geometry)
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, y = ctx.saved_tensors
+        dx, dw, db = _backward(dy, y, x, weight, ctx.geometry, needs=ctx.needs_input_grad[:3])
+        return dx, dw, db, None, None, None
+
+
+def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on Triton kernels, autograd included."""
+    return ConvReLU.apply(x, weight, bias, stride, padding, groups)

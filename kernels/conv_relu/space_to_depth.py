@@ -1,0 +1,46 @@
+"""Space-to-depth: a strided convolution over few channels run as the stride-1 convolution it equals.
+
+AlexNet's conv1 (3 channels, 11x11, stride 4) would reduce over runs of 3 contiguous values. With
+(sh, sw) the stride and (ph, pw) the padding,
+
+    x2[n, (i*sw + j)*C + c, h, v] = x[n, c, h*sh + i - ph, v*sw + j - pw]     (0 outside x)
+    w2[k, (i*sw + j)*C + c, t, u] = w[k, c, t*sh + i, u*sw + j]             (0 past the window)
+
+make conv(x, w, stride, padding) = conv(x2, w2, 1, 0): 48 channels of 57x57 and 3x3 taps for conv1 (the
+weight zero-padded to 12x12). The forward, dgrad and wgrad all run on that form; these are the copies to it
+and back (of the input, of the weight, and of their gradients). `g` is the convolution's ConvGeometry and
+`g.runs_as` its space-to-depth form.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def to_input(x, g):
+    """x2, channels_last."""
+    (N, C, H, W), (sh, sw), (ph, pw), rows, cols = x.shape, g.stride, g.padding, g.runs_as.H, g.runs_as.W
+    x = F.pad(x, (pw, cols * sw - W - pw, ph, rows * sh - H - ph))  # a negative pad crops unread rows
+    x = x.reshape(N, C, rows, sh, cols, sw).permute(0, 2, 4, 3, 5, 1)  # [N, rows, cols, sh, sw, C]
+    return x.reshape(N, rows, cols, sh * sw * C).permute(0, 3, 1, 2)
+
+
+def from_input_grad(dx2, g):
+    """The gradient with respect to x, given the gradient dx2 of to_input's output; channels_last."""
+    (N, C, H, W), (sh, sw), (ph, pw), (_, _, rows, cols) = g.x_shape, g.stride, g.padding, dx2.shape
+    dx = dx2.reshape(N, sh, sw, C, rows, cols).permute(0, 3, 4, 1, 5, 2).reshape(N, C, rows * sh, cols * sw)
+    dx = F.pad(dx, (-pw, W + pw - cols * sw, -ph, H + ph - rows * sh))
+    return dx.contiguous(memory_format=torch.channels_last)
+
+
+def to_weight(w, g):
+    """w2."""
+    (K, C, R, S), (sh, sw), (taps_h, taps_w) = w.shape, g.stride, (g.runs_as.R, g.runs_as.S)
+    w = F.pad(w, (0, taps_w * sw - S, 0, taps_h * sh - R))
+    return w.reshape(K, C, taps_h, sh, taps_w, sw).permute(0, 3, 5, 1, 2, 4).reshape(K, sh * sw * C, taps_h, taps_w)
+
+
+def from_weight_grad(dw2, g):
+    """dw from the gradient dw2 of to_weight's output: the taps past the window are dropped."""
+    (K, C, R, S), (sh, sw), (_, _, taps_h, taps_w) = g.w_shape, g.stride, dw2.shape
+    dw = dw2.reshape(K, sh, sw, C, taps_h, taps_w).permute(0, 3, 4, 1, 5, 2).reshape(K, C, taps_h * sh, taps_w * sw)
+    return dw[:, :, :R, :S]
