@@ -32,14 +32,20 @@ class Backend:
 _MODULES = {"triton": "kernels.triton_ops", "torch": "kernels.torch_ops", "compile": "kernels.compile_ops"}
 
 
+_LOADED: dict[str, Backend] = {}  # a plain dict lookup once loaded: torch.compile traces through it
+
+
 def backend(name: str) -> Backend:
     """The ops of backend `name` (one of BACKENDS)."""
+    if name in _LOADED:
+        return _LOADED[name]
     if name not in BACKENDS:
         raise ValueError(f"unknown kernels backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "triton":
         from kernels.interpret import prepare
         prepare()  # with no GPU, switch the interpreter on before Triton is imported
-    return importlib.import_module(_MODULES[name]).BACKEND
+    _LOADED[name] = importlib.import_module(_MODULES[name]).BACKEND
+    return _LOADED[name]
 
 
 def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1):

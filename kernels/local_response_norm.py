@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.tensors import check_activation, check_image_offsets, check_positive_int, launch
+from kernels.tensors import check_activation, check_image_offsets, check_positive_int, launch, shapes_only
 
 # (warps, channels a trip in NCHW): a program takes BLOCK_P = 32 * warps positions of one image,
 # one a thread, and all its channels; a trip of the channel loop takes one 16-byte vector of channels
@@ -381,7 +381,36 @@ class LRNFunction(torch.autograd.Function):
         return lrn_bwd(dy, x, *ctx.params), None, None, None, None
 
 
+# The same launchers as custom ops, for torch.compile (see kernels/conv_relu/launch.py for why two doors).
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    return lrn_fwd(x, size, alpha, beta, k)
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+def lrn_backward_op(dy: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    return lrn_bwd(dy, x, size, alpha, beta, k)
+
+
+lrn_op.register_fake(shapes_only(lrn_fwd))
+lrn_backward_op.register_fake(shapes_only(lrn_bwd))
+
+
+def _save(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.params = inputs[1:]
+
+
+def _gradients(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return lrn_backward_op(dy, x, *ctx.params), None, None, None, None
+
+
+lrn_op.register_autograd(_gradients, setup_context=_save)
+
+
 def lrn(x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
     """The paper's cross-channel LRN (alpha not divided by size), differentiable in x."""
+    if torch.compiler.is_compiling():
+        return lrn_op(x, size, float(alpha), float(beta), float(k))
     return LRNFunction.apply(x, size, alpha, beta, k)
-

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.tensors import check_activation, check_positive_int, launch, memory_format, tile_shape
+from kernels.tensors import check_activation, check_positive_int, launch, memory_format, shapes_only, tile_shape
 
 TILE, NUM_WARPS = 2048, 8  # elements per [BLOCK_C, BLOCK_P] tile: 8 a thread
 
@@ -174,7 +174,39 @@ class MaxPool2dFunction(torch.autograd.Function):
         return max_pool2d_bwd(dy, choice, *ctx.params), None, None
 
 
+# The same launchers as custom ops, for torch.compile (see kernels/conv_relu/launch.py for why two doors).
+@torch.library.custom_op("alexnet::max_pool2d", mutates_args=())
+def max_pool2d_op(x: torch.Tensor, kernel_size: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return max_pool2d_fwd(x, kernel_size, stride)
+
+
+@torch.library.custom_op("alexnet::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward_op(dy: torch.Tensor, choice: torch.Tensor, input_hw: list[int], kernel_size: int,
+                           stride: int) -> torch.Tensor:
+    return max_pool2d_bwd(dy, choice, input_hw, kernel_size, stride)
+
+
+max_pool2d_op.register_fake(shapes_only(max_pool2d_fwd))
+max_pool2d_backward_op.register_fake(shapes_only(max_pool2d_bwd))
+
+
+def _save(ctx, inputs, output):
+    x, kernel_size, stride = inputs
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.params = (list(x.shape[2:]), kernel_size, stride)
+
+
+def _gradients(ctx, dy, _):
+    (choice,) = ctx.saved_tensors
+    return max_pool2d_backward_op(dy, choice, *ctx.params), None, None
+
+
+max_pool2d_op.register_autograd(_gradients, setup_context=_save)
+
+
 def max_pool2d(x: torch.Tensor, kernel_size=3, stride=2) -> torch.Tensor:
     """Max-pooling with no padding and floor mode, differentiable in x, with PyTorch's tie rule."""
+    if torch.compiler.is_compiling():
+        return max_pool2d_op(x, kernel_size, stride)[0]
     return MaxPool2dFunction.apply(x, kernel_size, stride)
-

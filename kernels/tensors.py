@@ -9,10 +9,12 @@ with coalesced loads; `memory_format` keeps an output in its input's layout, as 
 `launch` is the one way a kernel is started. Triton launches on torch's *current* CUDA device and its
 current stream, not on the device of the tensors it is given: a tensor on cuda:1 while cuda:0 is current
 would be read by a kernel running on GPU 0. `launch` makes the tensors' device current for the call (and
-so its current stream), as every torch op does.
+so its current stream), as every torch op does. `shapes_only(launcher)` runs a launcher starting no kernel:
+its outputs' shapes, strides and dtypes are what torch.compile traces the ops' custom-op forms with.
 """
 
 import contextlib
+import functools
 import threading
 
 import torch
@@ -83,16 +85,18 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-_launching = threading.local()  # the device of the launch in progress on this thread, for tests to see
+_launching = threading.local()  # device: the launch in progress on this thread (for tests); shapes_only
 
 
 def launch(kernel, grid, device: torch.device, *args, **kwargs):
     """kernel[grid](*args, **kwargs) on `device` (its current stream): the only way the ops start a kernel."""
+    if getattr(_launching, "shapes_only", False):
+        return
     guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     _launching.device = device
     try:
         with guard:
-            return kernel[grid](*args, **kwargs)
+            kernel[grid](*args, **kwargs)
     finally:
         _launching.device = None
 
@@ -100,3 +104,16 @@ def launch(kernel, grid, device: torch.device, *args, **kwargs):
 def launching_on() -> torch.device | None:
     """The device of the launch in progress on this thread (inside `launch`), else None."""
     return getattr(_launching, "device", None)
+
+
+def shapes_only(launcher):
+    """`launcher`, run for its outputs alone (their contents undefined): no kernel starts. The fake (meta)
+    implementation of a custom op is its launcher run this way, so the two cannot disagree on a stride."""
+    @functools.wraps(launcher)
+    def fake(*args, **kwargs):
+        _launching.shapes_only = True
+        try:
+            return launcher(*args, **kwargs)
+        finally:
+            _launching.shapes_only = False
+    return fake

@@ -52,7 +52,7 @@ class ConvGeometry:
                     PAD_H=self.padding[0], PAD_W=self.padding[1])
 
 
-def _pair(value, name: str) -> tuple[int, int]:
+def pair(value, name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"conv2d_relu: {name} must be an int or a pair of ints, got {value!r}")
@@ -63,7 +63,7 @@ def conv_geometry(x_shape, w_shape, stride, padding, groups) -> ConvGeometry:
     """The checked geometry of conv2d(x, w, stride=stride, padding=padding, groups=groups)."""
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"conv2d_relu: groups must be a positive int, got {groups!r}")
-    return _geometry(tuple(x_shape), tuple(w_shape), _pair(stride, "stride"), _pair(padding, "padding"), groups)
+    return _geometry(tuple(x_shape), tuple(w_shape), pair(stride, "stride"), pair(padding, "padding"), groups)
 
 
 @functools.lru_cache(maxsize=256)

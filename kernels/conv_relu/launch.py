@@ -1,9 +1,15 @@
-"""Planning and starting the conv kernels, and the autograd Function.
+"""Planning and starting the conv kernels, the autograd Function, and the op as torch.compile sees it.
 
 A plan turns tensors and a ConvGeometry into the output it allocates and a Launch: the kernel, its grid and
 every argument by name, the tile left to the autotuner. The launchers start plans through
 kernels.tensors.launch (on the tensors' device and stream); perf.launches builds the same plans on
 meta-device tensors, so what perf.aot compiles is what runs.
+
+Eagerly, conv2d_relu is the autograd Function ConvReLU (~5 µs of dispatch a call). Under torch.compile it
+is the custom op alexnet::conv2d_relu with alexnet::conv2d_relu_backward as its gradient, which Dynamo
+traces as single nodes (no graph break) and CUDA graphs can capture; their fake implementations are the
+launchers run with no kernel (kernels.tensors.shapes_only). A custom op costs ~20 µs more per eager call
+here, hence the two doors onto the same launchers.
 """
 
 import functools
@@ -15,10 +21,10 @@ import triton
 from torch.autograd.function import once_differentiable
 
 from kernels.conv_relu import space_to_depth
-from kernels.conv_relu.geometry import ConvGeometry, conv_geometry
+from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
 from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, wgrad_kernel
 from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
-from kernels.tensors import FLOAT_DTYPES, check_device, check_image_offsets, launch, needs_int64
+from kernels.tensors import FLOAT_DTYPES, check_device, check_image_offsets, launch, needs_int64, shapes_only
 
 MASK_TILE = 4096  # elements per program of the ReLU-mask kernel
 
@@ -237,6 +243,41 @@ class ConvReLU(torch.autograd.Function):
         return dx, dw, db, None, None, None
 
 
+@torch.library.custom_op("alexnet::conv2d_relu", mutates_args=())
+def conv2d_relu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+                   padding: list[int], groups: int) -> torch.Tensor:
+    return conv2d_relu_fwd(x, weight, bias, stride, padding, groups)
+
+
+def _needed_gradients(dy: torch.Tensor, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                      padding: list[int], groups: int, needs: list[bool]) -> list[torch.Tensor]:
+    """The gradients `needs` asks for, of (x, weight, bias), in that order."""
+    return [grad for grad in conv2d_relu_bwd(dy, y, x, weight, stride, padding, groups, needs) if grad is not None]
+
+
+conv2d_relu_backward_op = torch.library.custom_op("alexnet::conv2d_relu_backward", mutates_args=())(_needed_gradients)
+conv2d_relu_op.register_fake(shapes_only(conv2d_relu_fwd))
+conv2d_relu_backward_op.register_fake(shapes_only(_needed_gradients))
+
+
+def _save(ctx, inputs, output):
+    x, weight, bias, stride, padding, groups = inputs
+    ctx.save_for_backward(x, weight, output)
+    ctx.geometry, ctx.has_bias = (stride, padding, groups), bias is not None
+
+
+def _gradients(ctx, dy):
+    x, weight, y = ctx.saved_tensors
+    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grads = iter(conv2d_relu_backward_op(dy, y, x, weight, *ctx.geometry, needs))
+    return (*(next(grads) if need else None for need in needs), None, None, None)
+
+
+conv2d_relu_op.register_autograd(_gradients, setup_context=_save)
+
+
 def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1):
     """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on Triton kernels, autograd included."""
+    if torch.compiler.is_compiling():
+        return conv2d_relu_op(x, weight, bias, list(pair(stride, "stride")), list(pair(padding, "padding")), groups)
     return ConvReLU.apply(x, weight, bias, stride, padding, groups)
