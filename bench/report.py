@@ -529,7 +529,7 @@ def train_check(run) -> list[dict]:
             + check_lrn_pool(plan, run.device, plan["train_dtypes"]))
 
 
-def every_tile(run) -> list[dict]:
+def check_every_tile(run) -> list[dict]:
     return check_convs(run.plan, run.device, conv_layers(run), run.plan["tile_dtypes"], every_tile=True)
 
 
@@ -946,7 +946,7 @@ class Stage:
 
 
 STAGES = [Stage("train-check", train_check, 75), Stage("step", time_train_steps, 70),
-          Stage("agreement", loss_agreement, 10), Stage("layers", time_layers, 90), Stage("tiles", every_tile, 15),
+          Stage("agreement", loss_agreement, 10), Stage("layers", time_layers, 90), Stage("tiles", check_every_tile, 15),
           Stage("profile", profile_steps, 10), Stage("gpu-tests", gpu_tests, 60), Stage("dali-step", dali_step, 15),
           Stage("data", time_data_pipeline, 10), Stage("jit", jit_summary, 1), Stage("clocks", clocks, 1)]
 
@@ -1129,8 +1129,9 @@ def fail(message: str) -> int:
 
 
 @contextmanager
-def stopped_at(seconds: float | None):
-    """Raise TimeLimit in the running code after `seconds` (None: never), and Interrupted on SIGTERM."""
+def stoppable():
+    """While the stages run: SIGALRM (set by alarm()) raises TimeLimit, SIGTERM raises Interrupted, in whatever code
+    runs then."""
     def on_alarm(signum, frame):
         raise TimeLimit()
 
@@ -1138,8 +1139,6 @@ def stopped_at(seconds: float | None):
         raise Interrupted()
 
     previous = signal.signal(signal.SIGALRM, on_alarm), signal.signal(signal.SIGTERM, on_term)
-    if seconds is not None:
-        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
     try:
         yield
     finally:
@@ -1148,10 +1147,22 @@ def stopped_at(seconds: float | None):
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def run_stages(run: Run, names: list[str], report: dict, out: Path, time_limit: float | None) -> bool:
-    """Run the named stages in STAGES' order, writing the report before (stage "running") and after each; True if
-    every one ran to its end (ok or skipped as not applying)."""
-    start, stages = time.perf_counter(), report["stages"]
+@contextmanager
+def alarm(seconds: float | None):
+    """TimeLimit after `seconds` (None: never) unless the block ends first."""
+    if seconds is not None:
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def run_stages(run: Run, names: list[str], report: dict, out: Path, time_limit: float | None, start: float) -> bool:
+    """Run the named stages in STAGES' order, writing the report before (stage "running") and after each, stopping
+    the one running `time_limit` seconds after `start` (time.perf_counter()); True if every one ran to its end (ok,
+    or skipped as not applying)."""
+    stages = report["stages"]
     for stage in STAGES:
         if stage.name not in names:
             continue
@@ -1161,11 +1172,11 @@ def run_stages(run: Run, names: list[str], report: dict, out: Path, time_limit: 
         entry = stages[stage.name] = dict(status="running")
         report["seconds"] = time.perf_counter() - start
         write_report(report, out)
-        print(f"[bench.report] {stage.name} ...", flush=True)
         began = time.perf_counter()
-        reset_peak_memory(run.device)
         try:
-            with stopped_at(None if time_limit is None else time_limit - (began - start)):
+            print(f"[bench.report] {stage.name} ...", flush=True)
+            reset_peak_memory(run.device)
+            with alarm(None if time_limit is None else time_limit - (began - start)):
                 report[stage.name] = stage.run(run)
             entry["status"] = "ok"
         except Skip as reason:
@@ -1187,12 +1198,14 @@ def run_stages(run: Run, names: list[str], report: dict, out: Path, time_limit: 
             with contextlib.suppress(Exception):  # a picture is a convenience: the tables hold the figures
                 plot_layers(report, out / "report.png")
         print(f"[bench.report] {stage.name}: {entry['status']}, {entry['seconds']:.1f} s"
-              + (f" ({entry.get('reason') or entry['error'].strip().splitlines()[-1]})"
+              + (f" ({(entry.get('reason') or entry['error'].strip().splitlines()[-1])[-200:]})"
                  if entry["status"] not in ("ok",) else ""), flush=True)
+    write_report(report, out)  # the stages skipped after a stop
     return all(entry["status"] in ("ok", "skipped") for entry in stages.values()) and not report.get("stopped")
 
 
 def main(argv=None) -> int:
+    start = time.perf_counter()
     args = parse_args(argv)
     if args.output_dir and (problem := output_problem(args.output_dir, args.overwrite)):
         return fail(problem)
@@ -1227,7 +1240,8 @@ def main(argv=None) -> int:
         run = Run(plan=plan, device=device, env=env, scratch=Path(scratch), estimates=estimates)
         if not env["triton_interpreted"]:
             listen_to_triton(run)
-        complete = run_stages(run, args.stages, report, out, args.time_limit)
+        with stoppable():
+            complete = run_stages(run, args.stages, report, out, args.time_limit, start)
     failed = sum(not r["ok"] for name in ("train-check", "tiles") for r in report.get(name) or [])
     print(f"[bench.report] wrote {out}/report.json, report.md{', report.png' if (out / 'report.png').exists() else ''}"
           f" in {report['seconds']:.0f} s; {failed} correctness failure(s)"
