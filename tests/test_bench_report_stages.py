@@ -4,7 +4,9 @@ partial report.json; and bench.common.time_ms's GPU branch on a "cuda" device wi
 reaches a GPU)."""
 
 import json
+import re
 import time
+from pathlib import Path
 
 import torch
 import triton.testing
@@ -127,3 +129,14 @@ def test_plan_dtypes():
     assert set(report.make_plan(gpu=True, quick=False, all_dtypes=True)["tile_dtypes"]) == {"tf32", "bf16", "fp32",
                                                                                             "fp16"}
     assert report.lrn_pool_dtypes(["tf32", "bf16", "fp32"]) == ["fp32", "bf16"]
+
+
+def test_the_docs_list_the_stages_in_order_with_their_estimates():
+    root = Path(__file__).resolve().parents[1]
+    table = [line.split("|") for line in (root / "docs/performance.md").read_text().splitlines()
+             if re.match(r"\| \d+ \| ", line)]
+    assert [(cells[2].strip(), int(cells[4])) for cells in table] == \
+        [(stage.name, stage.gpu_seconds) for stage in report.STAGES], "[docs/performance.md] the stage table"
+    assert sum(stage.gpu_seconds for stage in report.STAGES) <= 360, "[STAGES] the estimate is over 6 minutes"
+    readme = (root / "README.md").read_text()
+    assert "python -m bench.report --require-gpu" in readme and "python -m bench.step" in readme, "[README]"
