@@ -175,3 +175,14 @@ def test_a_killed_run_leaves_a_valid_report(tmp_path, sig):
     assert report["stages"]["step"]["status"] == want, report["stages"]
     if sig == signal.SIGTERM:
         assert process.returncode == 1 and report["stages"]["layers"]["status"] == "skipped", report["stages"]
+
+
+def test_output_dir_not_writable(tmp_path, monkeypatch, capsys):
+    """Refused in one line before any work (in-process: as root every folder is writable, so os.access stands in)."""
+    import bench.report as report
+
+    monkeypatch.setattr(report.os, "access", lambda path, mode: False)
+    assert report.main(["--output-dir", str(tmp_path / "new" / "out")]) == 2
+    said = capsys.readouterr().err
+    assert f"cannot write in {tmp_path}" in said and len(said.strip().splitlines()) == 1, said
+    assert not (tmp_path / "new").exists()
