@@ -636,8 +636,8 @@ def aot_estimates(path) -> dict:
     return out
 
 
-def layer_cases(plan, device, dt, layers):
-    """(case, {backend: fn}, (FLOPs, bytes), autotuned kernel or None) for every timed layer and pass; case is
+def conv_cases(plan, device, dt, layer, backends) -> list[tuple]:
+    """[(case, {backend: fn}, (FLOPs, bytes), autotuned kernel)] of one conv layer's fwd, dgrad and wgrad; case is
     dict(layer, pass_, dtype, layout). Both sides do the same work: the backward passes start from the unmasked
     gradient dy, ours masking it in its ReLU-mask kernel and cuDNN's in threshold_backward (as autograd runs it)."""
     import torch
@@ -646,93 +646,121 @@ def layer_cases(plan, device, dt, layers):
     import kernels
     from kernels import conv_relu
 
-    costs = cost_model()
-    backends = [b for b in plan["backends"] if b != "compile" or dt in plan["compile_dtypes"]]
-    for layer in layers:
-        x, w, b, geometry = conv_problem(layer, dt, plan, device)
-        stride, padding, groups = geometry
+    x, w, b, geometry = conv_problem(layer, dt, plan, device)
+    stride, padding, groups = geometry
+    y_cudnn = F.relu(F.conv2d(x, w, b, stride, padding, 1, groups))
+    try:
         y = conv_relu.conv2d_relu_fwd(x, w, b, *geometry)
-        y_cudnn = F.relu(F.conv2d(x, w, b, stride, padding, 1, groups))
-        dy = torch.randn_like(y)
-        dy_cudnn = dy.contiguous(memory_format=torch.channels_last if y_cudnn.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format)
-        backward = lambda mask: torch.ops.aten.convolution_backward(  # noqa: E731
-            torch.ops.aten.threshold_backward(dy_cudnn, y_cudnn, 0), x, w, [w.shape[0]], [stride] * 2,
-            [padding] * 2, [1, 1], False, [0, 0], groups, mask)
-        cost = costs.conv_costs(x.shape, w.shape, stride, padding, x.element_size())
-        compiled = kernels.backend("compile").conv2d_relu.__wrapped__ if "compile" in backends else None
-        case = dict(dtype=dt, layout="nchw" if layer == "conv1" else "channels_last")
-        yield dict(layer=layer, pass_="fwd", **case), {
-            "triton": lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
-            "torch": lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups)),
-            **({"compile": lambda: compiled(x, w, b, *geometry)} if compiled else {})}, cost["fwd"], conv_relu._fwd_kernel
-        yield dict(layer=layer, pass_="dgrad", **case), {"triton": lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
-                                          "torch": lambda: backward([True, False, False])}, \
-            cost["dgrad"], conv_relu._dgrad_kernel
-        yield dict(layer=layer, pass_="wgrad", **case), {"triton": lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry),
-                                          "torch": lambda: backward([False, True, True])}, \
-            cost["wgrad"], conv_relu._wgrad_kernel
-    dt = lrn_pool_dtypes([dt])[0]
-    for layer in plan["lrn_pool"]:
-        for layout in LAYOUTS:
-            x = lrn_pool_input(layer, dt, layout, plan, device).requires_grad_()
-            cost = (costs.lrn_costs if layer.startswith("lrn") else costs.pool_costs)(x.shape, x.element_size())
-            fns = {}
-            for backend in backends:
-                if backend == "compile" and layout != "channels_last":
-                    continue  # Inductor's graphs cost seconds each: only the training's (fwd+bwd, the model's layout)
-                ops = kernels.backend(backend)
-                fns[backend] = (lambda t, ops=ops: ops.lrn(t, **PAPER_LRN)) if layer.startswith("lrn") else \
-                    (lambda t, ops=ops: ops.max_pool2d(t, 3, 2))
-            dy = torch.randn_like(fns["torch"](x))
-            case = dict(dtype=dt, layout=layout)
-            yield dict(layer=layer, pass_="fwd", **case), {name: (lambda op=op: op(x.detach())) for name, op in fns.items()
-                                                           if name != "compile"}, cost["fwd"], None
-            yield dict(layer=layer, pass_="fwd+bwd", **case), {name: (lambda op=op: torch.autograd.grad(op(x), x, dy))
-                                                for name, op in fns.items()}, cost["fwd+bwd"], None
+    except Exception as error:  # the triton fwd row records it; our backward passes run on cuDNN's output
+        recorded(error, device)
+        y = y_cudnn.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(y)
+    dy_cudnn = dy.contiguous(memory_format=torch.channels_last if y_cudnn.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format)
+
+    def cudnn_backward(mask):
+        return torch.ops.aten.convolution_backward(torch.ops.aten.threshold_backward(dy_cudnn, y_cudnn, 0), x, w,
+                                                   [w.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0],
+                                                   groups, mask)
+
+    cost = cost_model().conv_costs(x.shape, w.shape, stride, padding, x.element_size())
+    compiled = kernels.backend("compile").conv2d_relu.__wrapped__ if "compile" in backends else None
+    fwd = {"triton": lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
+           "torch": lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups))}
+    if compiled:
+        fwd["compile"] = lambda: compiled(x, w, b, *geometry)
+    dgrad = {"triton": lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
+             "torch": lambda: cudnn_backward([True, False, False])}
+    wgrad = {"triton": lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry),
+             "torch": lambda: cudnn_backward([False, True, True])}
+    case = dict(layer=layer, dtype=dt, layout="nchw" if layer == "conv1" else "channels_last")
+    return [(dict(case, pass_="fwd"), fwd, cost["fwd"], conv_relu._fwd_kernel),
+            (dict(case, pass_="dgrad"), dgrad, cost["dgrad"], conv_relu._dgrad_kernel),
+            (dict(case, pass_="wgrad"), wgrad, cost["wgrad"], conv_relu._wgrad_kernel)]
 
 
-def time_layers(run) -> list[dict]:
-    """One row per (dtype, layer, layout, pass, backend): ms (events), graph ms, host ms and host_bound, tile
-    chosen, TFLOP/s or GB/s, % of cuDNN (events and graph), % of floor, the static estimate.
-    Every time is bench.common.time_ms's: device time on a GPU, wall clock on a CPU."""
+def lrn_pool_cases(plan, device, dt, layer, layout, backends) -> list[tuple]:
+    """conv_cases' list for an LRN or max-pool layer in one layout: fwd, and fwd+bwd through autograd. torch.compile
+    only on fwd+bwd channels_last (what training runs): Inductor's graphs cost seconds each."""
+    import torch
+
+    import kernels
+
+    x = lrn_pool_input(layer, dt, layout, plan, device).requires_grad_()
+    cost = (cost_model().lrn_costs if layer.startswith("lrn") else cost_model().pool_costs)(x.shape, x.element_size())
+    ops = {}
+    for backend in backends:
+        if backend != "compile" or layout == "channels_last":
+            ops[backend] = kernels.backend(backend).lrn if layer.startswith("lrn") else kernels.backend(backend).max_pool2d
+    args = PAPER_LRN if layer.startswith("lrn") else dict(kernel_size=3, stride=2)
+    dy = torch.randn_like(ops["torch"](x, **args))
+    fwd = {name: (lambda op=op: op(x.detach(), **args)) for name, op in ops.items() if name != "compile"}
+    fwd_bwd = {name: (lambda op=op: torch.autograd.grad(op(x, **args), x, dy)) for name, op in ops.items()}
+    case = dict(layer=layer, dtype=dt, layout=layout)
+    return [(dict(case, pass_="fwd"), fwd, cost["fwd"], None), (dict(case, pass_="fwd+bwd"), fwd_bwd, cost["fwd+bwd"],
+                                                                None)]
+
+
+def time_case(run, case_, fns, flops, nbytes, autotuned) -> list[dict]:
+    """time_layers' rows of one case, a row per backend."""
     from bench.common import tile_name, time_ms
     from kernels.interpret import interpreting
 
     plan, device, gpu_run = run.plan, run.device, run.device.type == "cuda"
     gpu = cost_model().GPUS.get(run.env.get("gpu_key") or "")
-    layers, rows = conv_layers(run), []
+    rows = []
+    for backend, fn in fns.items():
+        row = dict(case_, backend=backend, flops=flops, bytes=nbytes, interpreted=backend == "triton" and interpreting())
+        try:
+            # interpreted Triton is timed once after its warm-up: not a speed, and the CPU run's slowest part
+            row.update(time_ms(fn, device, 1 if row["interpreted"] else plan["rounds"]))
+        except Exception as error:
+            rows.append(dict(row, exception=recorded(error, device)))
+            continue
+        row.pop("method")
+        if backend == "triton" and autotuned is not None:
+            row["tile"] = tile_name(getattr(autotuned, "best_config", None))
+        seconds = row["ms"] / 1e3
+        row["TFLOPs" if flops else "GBps"] = flops / seconds / 1e12 if flops else nbytes / seconds / 1e9
+        if gpu is not None and gpu_run:
+            row["floor_ms"] = 1e3 * max(flops / (gpu.tflops[case_["dtype"]] * 1e12), nbytes / gpu.bandwidth)
+            row["pct_of_floor"] = 100 * row["floor_ms"] / row["ms"]
+        est = run.estimates.get((case_["layer"], case_["pass_"], case_["dtype"]))
+        if backend == "triton" and est:
+            row["aot_estimate_ms_batch128"] = {gpu_: s * 1e3 for gpu_, s in est.items()}
+        rows.append(row)
+    cudnn = next((r for r in rows if r["backend"] == "torch" and "ms" in r), None)
+    for row in rows:  # 100: as fast as cuDNN; above: faster. Not on a CPU (no cuDNN, interpreted Triton)
+        if row["backend"] != "torch" and "ms" in row and cudnn is not None and gpu_run:
+            row["pct_of_cudnn"] = 100 * cudnn["ms"] / row["ms"]
+            if "graph_ms" in row and "graph_ms" in cudnn:
+                row["pct_of_cudnn_graph"] = 100 * cudnn["graph_ms"] / row["graph_ms"]
+    return rows
+
+
+def time_layers(run) -> list[dict]:
+    """One row per (dtype, layer, layout, pass, backend): ms (events), graph ms, host ms and host_bound, tile
+    chosen, TFLOP/s or GB/s, % of cuDNN (events and graph), % of floor, the static estimate; a layer whose set-up
+    fails (its inputs, cuDNN's output) gets one row saying so, and the next layer runs.
+    Every time is bench.common.time_ms's: device time on a GPU, wall clock on a CPU."""
+    plan, device = run.plan, run.device
+    rows = []
     for dt in plan["time_dtypes"]:
+        backends = [b for b in plan["backends"] if b != "compile" or dt in plan["compile_dtypes"]]
+        setups = [(layer, lambda layer=layer: conv_cases(plan, device, dt, layer, backends))
+                  for layer in conv_layers(run)]
+        setups += [(layer, lambda layer=layer, layout=layout: lrn_pool_cases(plan, device, lrn_pool_dtypes([dt])[0],
+                                                                             layer, layout, backends))
+                   for layer in plan["lrn_pool"] for layout in LAYOUTS]
         with precision(dt):
-            for case_, fns, (flops, nbytes), autotuned in layer_cases(plan, device, dt, layers):
-                case = []
-                for backend, fn in fns.items():
-                    row = dict(case_, backend=backend, flops=flops, bytes=nbytes,
-                               interpreted=backend == "triton" and interpreting())
-                    try:
-                        # interpreted Triton is timed once after its warm-up: not a speed, and the CPU run's slowest part
-                        row.update(time_ms(fn, device, 1 if row["interpreted"] else plan["rounds"]))
-                    except Exception as error:
-                        case.append(dict(row, exception=recorded(error, device)))
-                        continue
-                    if backend == "triton" and autotuned is not None:
-                        row["tile"] = tile_name(getattr(autotuned, "best_config", None))
-                    seconds = row["ms"] / 1e3
-                    row["TFLOPs" if flops else "GBps"] = flops / seconds / 1e12 if flops else nbytes / seconds / 1e9
-                    if gpu is not None and gpu_run:
-                        row["floor_ms"] = 1e3 * max(flops / (gpu.tflops[dt] * 1e12), nbytes / gpu.bandwidth)
-                        row["pct_of_floor"] = 100 * row["floor_ms"] / row["ms"]
-                    est = run.estimates.get((case_["layer"], case_["pass_"], dt))
-                    if backend == "triton" and est:
-                        row["aot_estimate_ms_batch128"] = {gpu_: s * 1e3 for gpu_, s in est.items()}
-                    case.append(row)
-                cudnn = next((r for r in case if r["backend"] == "torch" and "ms" in r), None)
-                for row in case:  # 100: as fast as cuDNN; above: faster. Not on a CPU (no cuDNN, interpreted Triton)
-                    if row["backend"] != "torch" and "ms" in row and cudnn is not None and gpu_run:
-                        row["pct_of_cudnn"] = 100 * cudnn["ms"] / row["ms"]
-                        if "graph_ms" in row and "graph_ms" in cudnn:
-                            row["pct_of_cudnn_graph"] = 100 * cudnn["graph_ms"] / row["graph_ms"]
-                rows += [{k: v for k, v in row.items() if k != "method"} for row in case]
+            for layer, setup in setups:
+                try:
+                    cases = setup()
+                except Exception as error:
+                    rows.append(dict(layer=layer, dtype=dt, pass_="(set-up)", exception=recorded(error, device)))
+                    continue
+                for case_, fns, (flops, nbytes), autotuned in cases:
+                    rows += time_case(run, case_, fns, flops, nbytes, autotuned)
     return rows
 
 

@@ -140,3 +140,23 @@ def test_the_docs_list_the_stages_in_order_with_their_estimates():
     assert sum(stage.gpu_seconds for stage in report.STAGES) <= 360, "[STAGES] the estimate is over 6 minutes"
     readme = (root / "README.md").read_text()
     assert "python -m bench.report --require-gpu" in readme and "python -m bench.step" in readme, "[README]"
+
+
+def test_a_layer_whose_set_up_fails_leaves_the_others_timed(tmp_path, monkeypatch):
+    """conv1's set-up raising (as a failing Triton forward or a CUDA error there would) gives one row for it; conv2,
+    LRN and max-pool are still timed, through the layers stage of `--quick`."""
+    real = report.conv_cases
+
+    def conv1_fails(plan, device, dt, layer, backends):
+        if layer == "conv1":
+            raise RuntimeError("conv1's set-up failed")
+        return real(plan, device, dt, layer, backends)
+
+    monkeypatch.setattr(report, "conv_cases", conv1_fails)
+    code, written = run_report(tmp_path, "--quick", "--stages", "layers")
+    assert code == 0 and written["stages"]["layers"]["status"] == "ok", written["stages"]
+    rows = written["layers"]
+    assert [row for row in rows if row["layer"] == "conv1"] == \
+        [dict(layer="conv1", dtype="fp32", pass_="(set-up)", exception="RuntimeError: conv1's set-up failed")], rows
+    timed = {(row["layer"], row["pass_"]) for row in rows if "ms" in row}
+    assert {("conv2", "wgrad"), ("lrn1", "fwd+bwd"), ("pool1", "fwd")} <= timed, timed
