@@ -198,7 +198,8 @@ def no_gpu_reason() -> str | None:
     except (OSError, subprocess.SubprocessError) as error:
         smi = f"nvidia-smi: {error}"
     return (f"PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no GPU"
-            + (f" ({said})" if said else "") + f"; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}"
+            + (f" ({said})" if said else "")
+            + f"; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}"
             + f"; {smi}")
 
 
@@ -492,9 +493,9 @@ def check_lrn_pool(plan, device, dtypes) -> list[dict]:
     for layer in plan["lrn_pool"]:
         for dt in lrn_pool_dtypes(dtypes):
             for layout in LAYOUTS:
-                x = lrn_pool_input(layer, dt, layout, plan, device).requires_grad_()
                 generator = torch.Generator().manual_seed(3)
                 try:
+                    x = lrn_pool_input(layer, dt, layout, plan, device).requires_grad_()
                     if layer.startswith("lrn"):
                         y = ops.lrn(x, **PAPER_LRN)
                         dy = torch.randn(y.shape, generator=generator).to(device, y.dtype)
@@ -603,7 +604,9 @@ def loss_agreement(run) -> list[dict]:
             row = dict(amp=amp, step=i + 1, **{f"{b}_loss": losses[b][i] for b in losses})
             if len(losses) == 2:
                 row["relative_difference"] = abs(losses["triton"][i] - losses["torch"][i]) / abs(losses["torch"][i])
-            rows.append(dict(row, **({"exception": "; ".join(f"{b}: {e}" for b, e in errors.items())} if errors else {})))
+            if errors:
+                row["exception"] = "; ".join(f"{b}: {e}" for b, e in errors.items())
+            rows.append(row)
     return rows
 
 
@@ -691,7 +694,7 @@ def lrn_pool_cases(plan, device, dt, layer, layout, backends) -> list[tuple]:
     ops = {}
     for backend in backends:
         if backend != "compile" or layout == "channels_last":
-            ops[backend] = kernels.backend(backend).lrn if layer.startswith("lrn") else kernels.backend(backend).max_pool2d
+            ops[backend] = getattr(kernels.backend(backend), "lrn" if layer.startswith("lrn") else "max_pool2d")
     args = PAPER_LRN if layer.startswith("lrn") else dict(kernel_size=3, stride=2)
     dy = torch.randn_like(ops["torch"](x, **args))
     fwd = {name: (lambda op=op: op(x.detach(), **args)) for name, op in ops.items() if name != "compile"}
@@ -710,7 +713,8 @@ def time_case(run, case_, fns, flops, nbytes, autotuned) -> list[dict]:
     gpu = cost_model().GPUS.get(run.env.get("gpu_key") or "")
     rows = []
     for backend, fn in fns.items():
-        row = dict(case_, backend=backend, flops=flops, bytes=nbytes, interpreted=backend == "triton" and interpreting())
+        row = dict(case_, backend=backend, flops=flops, bytes=nbytes,
+                   interpreted=backend == "triton" and interpreting())
         try:
             # interpreted Triton is timed once after its warm-up: not a speed, and the CPU run's slowest part
             row.update(time_ms(fn, device, 1 if row["interpreted"] else plan["rounds"]))
@@ -1044,8 +1048,8 @@ def md_table(rows: list[dict]) -> list[str]:
 SECTION_NOTES = {
     "train-check": "error: max |ours - float64 reference| / max |reference|; cuDNN's at the same dtype beside it; "
                    "tolerance (atol x max|ref|, rtol).",
-    "layers": "ms: device time (do_bench: CUDA events, L2 flushed, median); graph_ms: the same call replayed from a CUDA "
-              "graph (no host time, L2 not flushed); host_ms: time for the call to return; host_bound: host_ms >= the "
+    "layers": "ms: device time (do_bench: CUDA events, L2 flushed, median); graph_ms: the same call replayed from a "
+              "CUDA graph (no host time, L2 not flushed); host_ms: time for the call to return; host_bound: host_ms >= the "
               "device time, so the event figure measures the launcher. On a CPU: wall clock, Triton interpreted.",
     "tiles": "Every tile the autotuner may pick at these shapes, forced one at a time through the launchers.",
 }
@@ -1270,7 +1274,10 @@ def main(argv=None) -> int:
         if not env["triton_interpreted"]:
             listen_to_triton(run)
         with stoppable():
-            complete = run_stages(run, args.stages, report, out, args.time_limit, start)
+            try:
+                complete = run_stages(run, args.stages, report, out, args.time_limit, start)
+            except (TimeLimit, Interrupted) as stop:  # between two stages: the last report written stands
+                complete, report["stopped"] = False, f"{type(stop).__name__} between two stages"
     failed = sum(not r["ok"] for name in ("train-check", "tiles") for r in report.get(name) or [])
     print(f"[bench.report] wrote {out}/report.json, report.md{', report.png' if (out / 'report.png').exists() else ''}"
           f" in {report['seconds']:.0f} s; {failed} correctness failure(s)"

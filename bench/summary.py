@@ -7,7 +7,7 @@ A row is one pytest-benchmark group (a layer, pass and dtype), with its backends
 and the speed-up = torch's time / that backend's time (above 1: faster than torch). The time is the median: of
 the device times (do_bench, L2 flushed) where a GPU run recorded them for every row, else of pytest-benchmark's
 rounds (wall clock). Interpreted Triton times are marked: they say the kernel runs, not how fast; so are device
-times of a call that is host-bound (bench.common.time_ms: it takes at least as long to return as the device to run). Groups with
+times of a host-bound call (bench.common.time_ms: it takes as long to return as the device to run it). Groups with
 no backend (the data pipeline, the towers) get a second table, one row per benchmark, with img/s.
 
 `groups` is what pytest-benchmark's pytest_benchmark_group_stats hook returns: [(group, [benchmark dicts])],
