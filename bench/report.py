@@ -1049,8 +1049,8 @@ SECTION_NOTES = {
     "train-check": "error: max |ours - float64 reference| / max |reference|; cuDNN's at the same dtype beside it; "
                    "tolerance (atol x max|ref|, rtol).",
     "layers": "ms: device time (do_bench: CUDA events, L2 flushed, median); graph_ms: the same call replayed from a "
-              "CUDA graph (no host time, L2 not flushed); host_ms: time for the call to return; host_bound: host_ms >= the "
-              "device time, so the event figure measures the launcher. On a CPU: wall clock, Triton interpreted.",
+              "CUDA graph (no host time, L2 not flushed); host_ms: time for the call to return; host_bound: host_ms >= "
+              "the device time, so the event figure measures the launcher. On a CPU: wall clock, Triton interpreted.",
     "tiles": "Every tile the autotuner may pick at these shapes, forced one at a time through the launchers.",
 }
 
