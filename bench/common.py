@@ -3,12 +3,14 @@
     environment(device, dtype)   -> dict   device name, torch/triton versions, dtype, interpreter flag
     hbm_peak(device)             -> float | None   peak HBM bytes/s of this GPU (None: CPU or not recognised)
     hbm_floors_ms(bytes_moved)   -> dict   {GPU name: floor in ms} for every GPU in HBM_PEAK
-    time_ms(fn, device, rounds)  -> dict   {"ms", "host_ms", "method"}: device time on a GPU (bench.report's too)
+    time_ms(fn, device, rounds, graph=True) -> dict   {"ms", "graph_ms", "host_ms", "host_bound", "method"}: device
+                                            time on a GPU, with and without the host's part (bench.report's too)
+    usable_cpus()                -> int    the CPUs this process may run on (its affinity, not the host's count)
     tile_name(config)            -> str    an autotuner's best_config, short
     measure(benchmark, fn, device, dtype, bytes_moved, flops=None, triton=False, autotuned=None)
         times `fn()` with pytest-benchmark and fills `benchmark.extra_info`: the environment, bytes_moved and, on
         a GPU, device_ms and host_ms (time_ms), GB/s (plus TFLOP/s if `flops` is given), the tile the autotuner
-        chose (`autotuned`: the kernel, e.g. kernels.conv_relu._fwd_kernel) and, on a recognised GPU, the floor
+        chose (`autotuned`: the kernel, e.g. kernels.conv_relu.kernels.fwd_kernel) and, on a recognised GPU, the floor
         and floor_fraction.
 
 `bytes_moved` is the fewest bytes the op must read and write (each input once, each output once);
@@ -19,6 +21,7 @@ around each run with the L2 flushed before it (conv3-5 and pool5 fit in the 50 M
 they would beat the HBM floor), and the host time of one call (Python and launch overhead) as its own figure.
 """
 
+import os
 import statistics
 import time
 from importlib.metadata import version
@@ -55,11 +58,17 @@ def hbm_floors_ms(bytes_moved: int) -> dict:
     return {gpu: bytes_moved / peak * 1e3 for gpu, (_, peak) in HBM_PEAK.items()}
 
 
-def time_ms(fn, device: torch.device, rounds: int | None = None) -> dict:
-    """{"ms": median time of fn(), "host_ms": median time for fn() to return, "method"}.
+def time_ms(fn, device: torch.device, rounds: int | None = None, graph: bool = True) -> dict:
+    """{"ms": median time of fn(), "host_ms": median time for fn() to return, "method"; on a GPU also "graph_ms" and
+    "host_bound"}.
 
-    GPU: device time by triton.testing.do_bench (CUDA events around each run, the L2 flushed before each, median of
-    ~100 ms of runs); host_ms is the time to enqueue fn() on an idle GPU (Python and launch overhead), apart.
+    GPU: "ms" is device time by triton.testing.do_bench (CUDA events around each run, the L2 flushed before each,
+    median of ~100 ms of runs). For a short op the events also enclose the launcher's Python when it takes longer
+    than the kernel, so "graph_ms" times the same fn() captured once in a CUDA graph and replayed
+    (do_bench_cudagraph: no host time at all, but no L2 flush either); `graph=False` leaves it out (a function that
+    cannot be captured, such as an optimizer step). "host_ms" is the time to enqueue fn() on an idle GPU, and
+    "host_bound" says host_ms >= the device time (graph_ms where it was measured): the event figure then measures
+    the launcher, not the kernel. A capture that fails is recorded as "graph_error".
     CPU: wall-clock median of `rounds` runs (default CPU_ROUNDS) after one warm-up: host and device are one there."""
     if device.type == "cuda":
         import triton.testing
@@ -72,7 +81,14 @@ def time_ms(fn, device: torch.device, rounds: int | None = None) -> dict:
             fn()
             host.append((time.perf_counter() - start) * 1e3)
         torch.cuda.synchronize(device)
-        return dict(ms=ms, host_ms=statistics.median(host), method="do_bench: CUDA events, L2 flushed, median")
+        timing = dict(ms=ms, host_ms=statistics.median(host), method="do_bench: CUDA events, L2 flushed, median")
+        if graph:
+            try:
+                timing["graph_ms"] = triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median")
+            except Exception as error:  # not capturable: the event figure stands alone, flagged by host_bound
+                timing["graph_error"] = f"{type(error).__name__}: {error}"[-2000:]
+        timing["host_bound"] = timing["host_ms"] >= timing.get("graph_ms", ms)
+        return timing
     fn()
     times = []
     for _ in range(rounds or CPU_ROUNDS):
@@ -80,6 +96,11 @@ def time_ms(fn, device: torch.device, rounds: int | None = None) -> dict:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return dict(ms=statistics.median(times), host_ms=statistics.median(times), method="wall clock (CPU), median")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: in a container os.cpu_count() is the host's (possibly hundreds)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def tile_name(config) -> str | None:
@@ -113,8 +134,9 @@ def measure(benchmark, fn, device: torch.device, dtype: torch.dtype, bytes_moved
     result = benchmark.pedantic(synchronised, rounds=GPU_ROUNDS, warmup_rounds=GPU_WARMUP)
     if benchmark.stats is None:  # --benchmark-disable: ran once, timed nothing
         return result
-    timing = time_ms(fn, device)
-    info.update(device_ms=timing["ms"], host_ms=timing["host_ms"], timing=timing["method"])
+    timing = time_ms(fn, device, graph=bytes_moved is not None)  # a whole step (no byte count) is not graph-captured
+    info.update(device_ms=timing["ms"], host_ms=timing["host_ms"], host_bound=timing["host_bound"],
+                timing=timing["method"], **({"graph_ms": timing["graph_ms"]} if "graph_ms" in timing else {}))
     if autotuned is not None:
         info["tile"] = tile_name(getattr(autotuned, "best_config", None))
     seconds = timing["ms"] / 1e3

@@ -6,7 +6,8 @@
 A row is one pytest-benchmark group (a layer, pass and dtype), with its backends side by side: the time per call
 and the speed-up = torch's time / that backend's time (above 1: faster than torch). The time is the median: of
 the device times (do_bench, L2 flushed) where a GPU run recorded them for every row, else of pytest-benchmark's
-rounds (wall clock). Interpreted Triton times are marked: they say the kernel runs, not how fast. Groups with
+rounds (wall clock). Interpreted Triton times are marked: they say the kernel runs, not how fast; so are device
+times of a host-bound call (bench.common.time_ms: it takes as long to return as the device to run it). Groups with
 no backend (the data pipeline, the towers) get a second table, one row per benchmark, with img/s.
 
 `groups` is what pytest-benchmark's pytest_benchmark_group_stats hook returns: [(group, [benchmark dicts])],
@@ -17,6 +18,8 @@ each dict flat (its stats beside its group, name, param and extra_info); rows co
 BACKENDS = ("triton", "torch", "compile")
 MARK = "*"
 FOOTNOTE = f"{MARK} triton (interpreted): Triton's CPU interpreter, for correctness, not speed"
+HOST_MARK = "!"
+HOST_FOOTNOTE = f"{HOST_MARK} host-bound: the call takes as long to return as to run (graph_ms: device alone)"
 
 
 def current(benchmarks: list) -> list:
@@ -38,6 +41,10 @@ def interpreted(bench: dict) -> bool:
     return bench["extra_info"].get("backend") == "triton" and bool(bench["extra_info"].get("triton_interpreted"))
 
 
+def host_bound(bench: dict) -> bool:
+    return bool(bench["extra_info"].get("host_bound"))
+
+
 def ms_cell(value: float) -> str:
     return f"{value:.4g}" if value < 1e4 else f"{value:.0f}"
 
@@ -50,7 +57,8 @@ def backend_row(group: str, benchmarks: list, device: bool) -> list:
     for backend in BACKENDS:
         bench = by_backend.get(backend)
         time = ms(bench, device) if bench else None
-        row.append("-" if bench is None else ms_cell(time) + (f" {MARK}" if interpreted(bench) else ""))
+        row.append("-" if bench is None else ms_cell(time) + (f" {MARK}" if interpreted(bench) else "")
+                   + (f" {HOST_MARK}" if device and host_bound(bench) else ""))
         if backend != "torch":
             row.append(f"{ms(torch, device) / time:#.3g}x" if bench and torch and time > 0 else "-")
     return row
@@ -90,6 +98,7 @@ def summary(groups: list) -> list:
         lines += [f"ms: median per call ({clock})",
                   "speed-up: torch ms / that backend's ms (above 1: faster than torch)"]
         lines += [FOOTNOTE] * any(MARK in row[1] for row in backend)
+        lines += [HOST_FOOTNOTE] * any(cell.endswith(HOST_MARK) for row in backend for cell in row[1:])
     if other:
         lines += [""] * bool(lines) + render([["group", "case", "ms (median)", "img/s"]] + other, left=2)
     return lines

@@ -5,19 +5,19 @@
 Both run the paper's train transform (decode, shorter side to 256, random 227 crop, flip, PCA
 lighting, mean subtraction, CHW float32) on the same plan: the 640 JPEGs of a small embedded dataset
 (160-400 px a side, generated into a temporary folder), each twice, batch 128, with as many DALI
-threads / DataLoader worker processes as the machine has cores. A round times the steady state:
+threads / DataLoader worker processes as the process may use cores. A round times the steady state:
 everything after the first batch, which pays for building the pipeline or starting the workers
 (that start-up time is recorded as extra_info["startup_s"]). make_plan, first_batch and the_rest are
 bench.report's code path too. On a GPU machine a third case decodes
 and augments on the GPU (DALI's "mixed" decoder). extra_info: img_per_s, startup_s, workers, device.
 """
 
-import os
 import time
 
 import pytest
 import torch
 
+from bench.common import usable_cpus
 from data.dali import DaliLoader
 from data.plans import train_plan
 from data.embedded import write_dataset
@@ -25,7 +25,7 @@ from data.folder import load_splits
 from data.pil import PilLoader
 
 BATCH, PER_CLASS, REPEAT, ROUNDS = 128, 64, 2, 3
-WORKERS = os.cpu_count()
+WORKERS = usable_cpus()
 CASES = [("dali", "cpu"), ("pil", "cpu")] + ([("dali", "cuda")] if torch.cuda.is_available() else [])
 
 

@@ -26,7 +26,8 @@ AMPS = ["none", "bf16"] if GPU else ["none"]
 
 
 def make_step(backend: str, amp: str, device: torch.device, batch: int = BATCH):
-    """A function running one training step of AlexNet(kernels=backend) on synthetic images (bench.report's too)."""
+    """A function running one training step of AlexNet(kernels=backend) and returning its loss; on synthetic images
+    unless given others (bench.report's too: its DALI-fed step and the loss agreement)."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=1000, kernels=backend).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -34,13 +35,14 @@ def make_step(backend: str, amp: str, device: torch.device, batch: int = BATCH):
     images = torch.randn(batch, 3, 227, 227, device=device) * 50
     labels = torch.randint(0, 1000, (batch,), device=device)
 
-    def step():
+    def step(images=images, labels=labels):
         with autocast():
             loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        return loss
 
     return step
 

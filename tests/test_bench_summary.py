@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.summary import FOOTNOTE, MARK, summary
+from bench.summary import FOOTNOTE, HOST_FOOTNOTE, MARK, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "Triton vs torch vs compile"
@@ -62,15 +62,15 @@ def bench(group, ms, device_ms=None, **info):
 
 def test_summary_of_a_gpu_run():
     """Device times where every row has one; a backend missing is "-"; no-backend groups in a table of their own."""
-    groups = [("conv1 fwd bfloat16", [bench("conv1 fwd bfloat16", 9.0, 1.0, backend="triton"),
+    groups = [("conv1 fwd bfloat16", [bench("conv1 fwd bfloat16", 9.0, 1.0, backend="triton", host_bound=False),
                                       bench("conv1 fwd bfloat16", 9.0, 2.0, backend="torch"),
                                       bench("conv1 fwd bfloat16", 9.0, 4.0, backend="compile")]),
-              ("lrn1 fwd bfloat16", [bench("lrn1 fwd bfloat16", 9.0, 0.5, backend="triton")]),
+              ("lrn1 fwd bfloat16", [bench("lrn1 fwd bfloat16", 9.0, 0.5, backend="triton", host_bound=True)]),
               ("towers step", [dict(bench("towers step", 200.0, towers=1, img_per_s=640.0), param=None,
                                     name="test_one_tower")])]
     lines = summary(groups)
     assert re.split(r"\s{2,}", lines[0]) == HEADER, lines
     assert re.split(r"\s{2,}", lines[1]) == ["conv1 fwd bfloat16", "1", "2.00x", "2", "4", "0.500x"], lines[1]
-    assert re.split(r"\s{2,}", lines[2]) == ["lrn1 fwd bfloat16", "0.5", "-", "-", "-", "-"], lines[2]
-    assert "device time" in "\n".join(lines) and FOOTNOTE not in lines, lines
+    assert re.split(r"\s{2,}", lines[2]) == ["lrn1 fwd bfloat16", "0.5 !", "-", "-", "-", "-"], lines[2]
+    assert "device time" in "\n".join(lines) and FOOTNOTE not in lines and HOST_FOOTNOTE in lines, lines
     assert re.split(r"\s{2,}", lines[-1]) == ["towers step", "one_tower", "200", "640.0"], lines[-1]

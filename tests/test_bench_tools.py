@@ -1,5 +1,5 @@
-"""bench.roofline and bench.plot: the floors reproduce design.md's anchors, and a pytest-benchmark JSON
-becomes the right table rows and a real PNG, a CPU run's too, at the dtype and GPU the file holds; --help of
+"""bench.roofline and bench.plot: the floors reproduce the performance anchors (docs/performance.md), and a
+pytest-benchmark JSON becomes the right table rows and a real PNG, a CPU run's too, at the dtype and GPU the file holds; --help of
 both and of bench.report names the command and does nothing else."""
 
 import json
@@ -97,7 +97,7 @@ def cpu_json(tmp_path):
     conv = [benchmark("conv1", "fwd", backend, ms, dtype="float32", interpreted=backend == "triton")
             for backend, ms in (("triton", 4000.0), ("torch", 3.0), ("compile", 2.0))]
     for row in conv:
-        row["extra_info"]["precision"] = "tf32"  # bench/test_conv.py's, conv_relu.ALLOW_TF32 on any device
+        row["extra_info"]["precision"] = "tf32"  # bench/test_conv.py's: TF32 while torch allows it for convolutions
     benchmarks = conv + [benchmark("lrn1", "fwd", "torch", 1.0, dtype="float32"),
                          {"name": "test_one_tower", "stats": {"median": 0.2},
                           "extra_info": {"device": "cpu", "dtype": "float32", "towers": 1}},
