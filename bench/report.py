@@ -424,6 +424,7 @@ def check_conv(plan, device, layer, dt, every_tile: bool) -> list[dict]:
 
     from bench.common import tile_name
     from kernels import conv_relu
+    from kernels.conv_relu import kernels as conv_kernels
 
     rows = []
     with precision(dt):
@@ -460,7 +461,7 @@ def check_conv(plan, device, layer, dt, every_tile: bool) -> list[dict]:
                     with forced_tile(kernel, index) if every_tile else contextlib.nullcontext() as shim:
                         got = ours[kernel]()
                     tile = (tile_label(shim.used) if shim else
-                            tile_name(getattr(conv_relu, f"_{kernel}_kernel").best_config))
+                            tile_name(getattr(conv_kernels, f"{kernel}_kernel").best_config))
                     row.update(tile=tile, error=max_error(got, want[kernel]),
                                ok=within(got, want[kernel], CONV_TOLERANCES[dt]))
                 except Exception as error:  # recorded, and the report goes on

@@ -13,7 +13,7 @@ import triton.testing
 
 import bench.report as report
 from bench.common import time_ms
-from kernels import conv_relu
+from kernels.conv_relu import tiles as conv_tiles
 
 
 def stand_in(rows):
@@ -84,12 +84,12 @@ def test_a_stage_past_the_time_limit_is_stopped(tmp_path, monkeypatch):
 def test_a_failing_tile_zero_leaves_the_other_tiles_checked(tmp_path, monkeypatch):
     """Tile #0 a BLOCK_K Triton refuses (not a power of 2): its row says so, with the error's end, and tile #1 (the
     real one) is still checked, for every pass, through the tiles stage of `--quick`."""
-    usable = conv_relu.usable_tiles
+    usable = conv_tiles.usable_tiles
 
     def with_a_bad_first(kernel, dtype, gemm_m, gemm_n):
         return [(32, 32, 24, 4, 2)] + usable(kernel, dtype, gemm_m, gemm_n)
 
-    monkeypatch.setattr(conv_relu, "usable_tiles", with_a_bad_first)
+    monkeypatch.setattr(conv_tiles, "usable_tiles", with_a_bad_first)
     code, written = run_report(tmp_path, "--quick", "--stages", "tiles")
     assert code == 0 and written["stages"]["tiles"]["status"] == "ok", written["stages"]
     rows = written["tiles"]
