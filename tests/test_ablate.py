@@ -12,7 +12,7 @@ import kernels
 from alexnet import ablate, checkpoint
 from alexnet.inference import load_trained
 from alexnet.model import PAPER_OPTIONS, POOL_NO_OVERLAP, AlexNet
-from alexnet.train import get_args_parser, main, model_options
+from alexnet.train import get_args_parser, main, resolve
 from data.embedded import write_dataset
 
 
@@ -73,17 +73,21 @@ def test_non_overlapping_pool_on_the_triton_kernels(hw):
     torch.testing.assert_close(g_got, g_want, msg=lambda m: f"[pool 2/2 backward {hw}] {m}")
 
 
+def config(flags):
+    return resolve(get_args_parser().parse_args(flags), None)[0]
+
+
 def test_each_variant_switches_off_one_thing():
-    paper = get_args_parser().parse_args([])
+    paper = config([])
     for name, flags in ablate.VARIANTS.items():
-        args = get_args_parser().parse_args(flags)
-        changed = {k for k, v in model_options(args).items() if v != model_options(paper)[k]}
-        changed |= {"lighting"} if args.lighting_std != paper.lighting_std else set()
+        variant = config(flags)
+        changed = {k for k, v in variant.model_options.items() if v != paper.model_options[k]}
+        changed |= {"lighting"} if variant.lighting_std != paper.lighting_std else set()
         expected = {"paper": set(), "no-lrn": {"lrn"}, "no-overlap": {"overlap"}, "no-groups": {"groups"},
                     "no-dropout": {"dropout"}, "no-lighting": {"lighting"}}[name]
         assert changed == expected, f"variant {name} changes {changed}"
-    assert get_args_parser().parse_args(ablate.VARIANTS["no-lighting"]).lighting_std == 0
-    assert model_options(get_args_parser().parse_args(ablate.VARIANTS["no-dropout"]))["dropout"] == 0
+    assert config(ablate.VARIANTS["no-lighting"]).lighting_std == 0
+    assert config(ablate.VARIANTS["no-dropout"]).model_options["dropout"] == 0
 
 
 def run_ablate(tiny_data, out, *flags):
