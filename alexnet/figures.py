@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from alexnet.checkpoint import CheckpointError
 from alexnet.inference import InputError, displayable, folder_class, image_files, load_image, load_trained
 from alexnet.predict import predict
-from alexnet.train import POSITIVE_INT
+from alexnet.cli import POSITIVE_INT
 
 
 def save(fig: Figure, path: Path | str) -> Path:

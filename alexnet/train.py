@@ -636,6 +636,13 @@ def evaluate_resumed(config: Config, layout, state: dict) -> dict:
     return metrics
 
 
+def environment() -> dict:
+    """What besides the configuration decides a CPU run's bits: torch's version, its intra-op threads
+    and the instruction set its kernels dispatch to (a run repeats exactly only when all three match)."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def train(config: Config, layout, resumed: dict | None, lr_given: bool, data_given: bool,
           folder: RunFolder) -> dict | None:
     """Set up (data, network, the resumed state), ready the run's folder, and train."""
@@ -653,7 +660,8 @@ def train(config: Config, layout, resumed: dict | None, lr_given: bool, data_giv
     if layout.main:  # every check passed: the folder becomes this run's
         folder.start()
         keep_metrics_until(run.out / METRICS, run.epoch)
-        (run.out / ARGS).write_text(json.dumps({**config.as_dict(), "dataset": run.dataset}, indent=1) + "\n")
+        (run.out / ARGS).write_text(json.dumps({**config.as_dict(), "dataset": run.dataset,
+                                                "environment": environment()}, indent=1) + "\n")
     return run.fit(val_loader, Loader)
 
 

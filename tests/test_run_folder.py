@@ -179,6 +179,7 @@ def test_a_max_steps_run_names_only_what_it_wrote_and_args_json_is_resolved(tiny
     saved = json.loads((tmp_path / "args.json").read_text())
     assert saved["device"] == "cpu" and saved["data_path"] == str(tiny_data)
     assert saved["dataset"]["samples"] == {"train": 12, "val": 6} and len(saved["dataset"]["fingerprint"]) == 64
+    assert saved["environment"]["threads"] == torch.get_num_threads() and saved["environment"]["torch"]
 
 
 def test_the_embedded_recipe_line_names_the_lr_decay_only_within_the_run(capsys):
