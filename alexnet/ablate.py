@@ -21,6 +21,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from alexnet import train
+from alexnet.cli import check_output_file
 from alexnet.evaluate import evaluate_checkpoint
 from alexnet.figures import save
 from alexnet.run_folder import ARGS, CHECKPOINT
@@ -50,6 +51,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
         parser.error(f"{', '.join(clash)}: the variants set these themselves")
     args.variants = list(dict.fromkeys(["paper", *args.variants]))  # first: the row the others are compared with
     train.get_args_parser().parse_args(train_flags)  # bad train flags fail now, not after a variant trained
+    check_output_file(Path(args.output_dir) / "ablation.json", "--output-dir")  # the table, written last
     used = [str(Path(args.output_dir) / v) for v in args.variants if (Path(args.output_dir) / v).exists()]
     if used:  # training would append to their metrics.jsonl
         parser.error(f"{', '.join(used)} already exist: give another --output-dir or remove them")

@@ -118,11 +118,13 @@ def read_metrics(path: Path) -> list[dict]:
     lines = path.read_text().splitlines(keepends=True)
     records = []
     for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number < len(lines) or line.endswith("\n"):
-                raise FolderError(f"{path} line {number} is not a JSON record: {line.strip()[:80]!r}") from None
+                raise FolderError(f"{path}:{number} is not JSON: {line.strip()[:80]!r}") from None
             print(f"warning: dropped the last line of {path}, cut short (a full disk or a kill mid-write): "
                   f"{line[:80]!r}", file=sys.stderr)
     return records

@@ -159,3 +159,10 @@ def test_ablate_refuses_flags_it_sets_and_bad_train_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablate.parse(["--variants", "no-lrn", "--output-dir", str(tmp_path)])
     assert f"{tmp_path / 'no-lrn'} already exist" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=f"--output-dir {tmp_path / 'file' / 'ablation.json'}: {tmp_path / 'file'} "
+                                         "is a file, not a folder"):
+        ablate.parse(["--output-dir", str(tmp_path / "file")])

@@ -1,12 +1,13 @@
 """The commands' shared helpers: --device cuda:N becomes the current device, output paths are checked
-before the work, top-k hits."""
+before the work (figures' -o too), top-k hits."""
 
+import json
 import os
 
 import pytest
 import torch
 
-from alexnet import cli
+from alexnet import cli, figures
 from alexnet.train import get_args_parser, resolve
 
 
@@ -44,3 +45,14 @@ def test_topk_hits_match_a_count_by_hand():
     rank = (logits > logits.gather(1, target[:, None])).sum(1)  # how many scores beat the label's
     assert torch.equal(hit1, rank == 0) and torch.equal(hit5, rank < 5)
     assert cli.topk_hits(logits[:, :3], target.clamp(max=2), (5,))[0].all()  # fewer classes than k
+
+
+def test_figures_checks_its_output_first_and_reads_a_cut_metrics_file(tmp_path, capsys):
+    record = {"epoch": 1, "step": 3, "lr": 0.01, "train_loss": 2.3, "val_loss": 2.2, "val_top1": 30.0, "val_top5": 90.0}
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps(record) + "\n" + json.dumps({**record, "epoch": 2})[:25])  # the last line cut
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=f"^error: -o {tmp_path / 'file' / 'c.png'}: {tmp_path / 'file'} is a file"):
+        figures.main(["curves", str(metrics), "-o", str(tmp_path / "file" / "c.png")])
+    assert figures.main(["curves", str(metrics), "-o", str(tmp_path / "c.png")]).is_file()
+    assert "warning: dropped the last line of" in capsys.readouterr().err
