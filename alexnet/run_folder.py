@@ -1,12 +1,13 @@
 """The run's folder (train's --output-dir): one run's files, owned by one running process at a time.
 
-A run takes an advisory lock (flock on OUTPUT/.lock, which holds its pid) for as long as it runs, so a
-second run into the same folder is refused at once, naming the folder and the holder's pid. The lock
-goes with the process: one left by a killed run is no longer held and is simply taken over. A folder
-that holds another run's files is refused unless this run resumes from its checkpoint or was given
---overwrite; with --overwrite the old files are removed only by `start`, once every check has
-passed, just before the first step. A folder this run made is removed again if the run fails
-before writing anything into it.
+A run takes an advisory lock (flock on OUTPUT/.lock, which holds its pid) for as long as it runs, so
+a second run into the same folder is refused at once, naming the folder and the holder's pid. The
+lock goes with the process: one left by a killed run (its pid still in the file, which a run that
+ends empties) is no longer held, and is taken over with a note. A folder that holds another run's
+files is refused unless this run resumes from its checkpoint or was given --overwrite; with
+--overwrite the old files are removed only by `start`, once every check has passed, just before the
+first step. A folder this run made is removed again if the run fails before writing anything into
+it.
 
 metrics.jsonl gets a line per epoch, appended and flushed to disk; a line cut short (a full disk, a
 kill mid-write) is dropped with a warning when the next run reads the file.
@@ -35,7 +36,8 @@ class RunFolder:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._lock = None  # the open lock file while this process holds it
-        self._made = False
+        self._made = False  # whether this run made the folder
+        self._overwrite = False  # whether `start` removes another run's files
 
     @contextlib.contextmanager
     def claimed(self, resume: str, overwrite: bool):
@@ -67,7 +69,9 @@ class RunFolder:
             raise FolderError(f"--output-dir {out} is in use by another run (pid {holder}): wait for it to end, "
                               f"or give another --output-dir") from None
         lock.seek(0)
-        lock.truncate()
+        if stale := lock.read().strip():  # a run that ends empties the file: this one was killed
+            print(f"{out} was held by a run (pid {stale}) that was killed; this run takes it over")
+        lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         self._lock = lock
@@ -95,6 +99,7 @@ class RunFolder:
 
     def _release(self) -> None:
         if self._lock is not None:
+            self._lock.truncate(0)  # ended, not killed
             self._lock.close()  # lets go of the flock
             self._lock = None
         if self._made and self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:

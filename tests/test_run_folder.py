@@ -39,7 +39,7 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_second_run_into_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_data, tmp_path):
+def test_a_second_run_into_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom alexnet.run_folder import RunFolder\n"
@@ -54,8 +54,10 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_stale_lock_is_taken_ov
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=60)
     assert (out / ".lock").read_text().strip() == str(holder.pid), "the killed run's lock should still be there"
+    capsys.readouterr()
     train(tiny_data, out, "--max-steps", "1")  # the stale lock is taken over
-    assert checkpoint.load(out / "checkpoint.pth")["step"] == 1
+    assert f"{out} was held by a run (pid {holder.pid}) that was killed; this run takes it over" in capsys.readouterr().out
+    assert checkpoint.load(out / "checkpoint.pth")["step"] == 1 and (out / ".lock").read_text() == ""
 
 
 def test_overwrite_removes_the_old_run_only_once_every_check_passed(tiny_data, tmp_path, capsys):
