@@ -450,9 +450,9 @@ class Run:
             raise checkpoint.CheckpointError(
                 f"the data is not what {config.resume} was trained on ({'; '.join(changes)}): give --data-path "
                 f"to train on it as it is now (the epoch in progress then restarts)")
-        if changes and self.step_in_epoch:
+        if changes:
             print(f"--data-path {self.data.root} is not the data {config.resume} stopped on ({'; '.join(changes)}): "
-                  f"epoch {self.epoch + 1} restarts from its first sample")
+                  f"epoch {self.epoch + 1} {'restarts from' if self.step_in_epoch else 'starts at'} its first sample")
             self.step_in_epoch, self.sums = 0, new_sums()
         print(f"resumed from {config.resume} in epoch {self.epoch + 1}, at sample "
               f"{self.step_in_epoch * config.batch_size * layout.replicas} of the epoch (step {self.step_in_epoch} "
