@@ -39,6 +39,7 @@ every --print-freq steps.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -361,6 +362,7 @@ class Data:
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
 
+    @functools.cached_property
     def record(self) -> dict:
         """What the checkpoint records to recognise this data: its folder, the samples of each split,
         and a SHA-256 of every file's name (relative to the folder) and size."""
@@ -413,7 +415,6 @@ class Run:
         self.epoch, self.step_in_epoch, self.global_step, self.best_top1 = 0, 0, 0, None
         self.sums = new_sums()
         self.out = Path(config.output_dir)
-        self.dataset = data.record()
 
     def restore(self, state: dict, lr_given: bool, data_given: bool) -> None:
         """Load the --resume checkpoint's weights and, unless --test-only, where it was."""
@@ -445,7 +446,7 @@ class Run:
         self.sums = state.get("epoch_sums", new_sums())  # older checkpoints: the steps after the resume only
         if rng := layout.rng_to_restore(state):  # None if another number of processes wrote it
             set_rng_state(rng)
-        changes = data_changes(state["dataset"], self.dataset) if "dataset" in state else []
+        changes = data_changes(state["dataset"], self.data.record) if "dataset" in state else []
         if changes and not data_given:
             raise checkpoint.CheckpointError(
                 f"the data is not what {config.resume} was trained on ({'; '.join(changes)}): give --data-path "
@@ -474,7 +475,7 @@ class Run:
                  "step_in_epoch": self.step_in_epoch,
                  "samples_in_epoch": self.step_in_epoch * config.batch_size * layout.replicas,
                  "epoch_sums": dict(self.sums), "step": self.global_step, "best_top1": self.best_top1,
-                 "rng": rng_state(), "args": config.as_dict(), "dataset": self.dataset,
+                 "rng": rng_state(), "args": config.as_dict(), "dataset": self.data.record,
                  "classes": self.data.classes, "model_options": self.model.options,
                  "rank_rng": layout.gather_objects(rng_state())}
         if layout.main:
@@ -660,7 +661,7 @@ def train(config: Config, layout, resumed: dict | None, lr_given: bool, data_giv
     if layout.main:  # every check passed: the folder becomes this run's
         folder.start()
         keep_metrics_until(run.out / METRICS, run.epoch)
-        (run.out / ARGS).write_text(json.dumps({**config.as_dict(), "dataset": run.dataset,
+        (run.out / ARGS).write_text(json.dumps({**config.as_dict(), "dataset": data.record,
                                                 "environment": environment()}, indent=1) + "\n")
     return run.fit(val_loader, Loader)
 
