@@ -21,9 +21,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from alexnet import train
+from alexnet.cli import check_output_file
 from alexnet.evaluate import evaluate_checkpoint
 from alexnet.figures import save
-from alexnet.train import resolve_device
+from alexnet.run_folder import ARGS, CHECKPOINT
 
 VARIANTS = {"paper": [], "no-lrn": ["--no-lrn"], "no-overlap": ["--no-overlap"], "no-groups": ["--no-groups"],
             "no-dropout": ["--no-dropout"], "no-lighting": ["--lighting-std", "0"]}
@@ -50,6 +51,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
         parser.error(f"{', '.join(clash)}: the variants set these themselves")
     args.variants = list(dict.fromkeys(["paper", *args.variants]))  # first: the row the others are compared with
     train.get_args_parser().parse_args(train_flags)  # bad train flags fail now, not after a variant trained
+    check_output_file(Path(args.output_dir) / "ablation.json", "--output-dir")  # the table, written last
     used = [str(Path(args.output_dir) / v) for v in args.variants if (Path(args.output_dir) / v).exists()]
     if used:  # training would append to their metrics.jsonl
         parser.error(f"{', '.join(used)} already exist: give another --output-dir or remove them")
@@ -64,9 +66,10 @@ def run(args, train_flags: list[str]) -> list[dict]:
         targs = train.get_args_parser().parse_args([*train_flags, *VARIANTS[name], "--output-dir", str(out)])
         print(f"== {name}: python -m alexnet.train {' '.join([*train_flags, *VARIANTS[name]])}")
         train.main(targs)
-        summary = evaluate_checkpoint(out / "checkpoint.pth", targs.data_path, targs.batch_size,
-                                      resolve_device(targs.device), targs.workers, args.ten_crop, targs.kernels,
-                                      targs.exclude_list)
+        config = json.loads((out / ARGS).read_text())  # what train resolved the flags to
+        summary = evaluate_checkpoint(out / CHECKPOINT, config["data_path"], config["batch_size"],
+                                      config["device"], config["workers"], args.ten_crop, config["kernels"],
+                                      config["exclude_list"])
         rows.append({"variant": name, "top1": summary["top1"], "top5": summary["top5"]})
     paper = rows[0]
     for r in rows:

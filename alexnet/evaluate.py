@@ -13,6 +13,7 @@ data's classes must be the checkpoint's. Accuracies are in percent, as training 
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,8 +21,8 @@ from tqdm import tqdm
 
 import kernels
 from alexnet.checkpoint import CheckpointError
+from alexnet.cli import DEVICE_HELP, POSITIVE_INT, check_output_file, resolve_device, topk_hits
 from alexnet.inference import Trained, check_classes, load_trained
-from alexnet.train import POSITIVE_INT, resolve_device
 from data.dali import DaliLoader
 from data.plans import val_plan
 from data.embedded import ensure_embedded
@@ -36,7 +37,7 @@ def predict_split(trained: Trained, samples: list[tuple[str, int]], batch_size: 
     loader = DaliLoader(val_plan(samples, ten_crop=ten_crop), batch_size, device, workers)
     probs, labels = [], []
     for images, target in tqdm(loader, desc="ten-crop" if ten_crop else "centre crop", leave=False,
-                               dynamic_ncols=True):
+                               dynamic_ncols=True, disable=not sys.stderr.isatty()):
         if ten_crop:  # (B, 10, 3, 227, 227): score all crops as one batch, then average each image's ten
             b, crops = images.shape[:2]
             p = trained.model(images.flatten(0, 1)).float().softmax(1).view(b, crops, -1).mean(1)
@@ -54,9 +55,8 @@ def percent(hits: torch.Tensor) -> float:
 
 def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], pairs: int = 10) -> dict:
     """Top-1/top-5 accuracy (%) overall and per class, and the `pairs` most frequent (true, predicted) mistakes."""
-    k = min(5, len(classes))
-    top = probs.topk(k, dim=1).indices
-    hit1, hit5 = top[:, 0] == labels, (top == labels[:, None]).any(1)
+    hit1, hit5 = topk_hits(probs, labels)
+    predicted = probs.argmax(1)
     per_class = []
     for c, name in enumerate(classes):
         mine = labels == c
@@ -64,7 +64,7 @@ def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], pai
         if n:
             per_class.append({"class": name, "images": n, "top1": percent(hit1[mine]), "top5": percent(hit5[mine])})
     confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
-    confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     mistakes = confusion.clone().fill_diagonal_(0)
     counts, flat = mistakes.flatten().topk(min(pairs, mistakes.numel()))
     confused = [{"true": classes[i // len(classes)], "predicted": classes[i % len(classes)], "images": int(n),
@@ -106,7 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over ten crops (the paper's test)")
     p.add_argument("-b", "--batch-size", default=64, type=POSITIVE_INT,
                    help="images per batch (ten-crop runs ten times as many crops) (default: 64)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS, help="backend to run on (default: torch)")
     p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
     p.add_argument("--exclude-list", default=None,
@@ -117,6 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "--json")
     try:
         summary = evaluate_checkpoint(args.checkpoint, args.data_path, args.batch_size, resolve_device(args.device),
                                       args.workers, args.ten_crop, args.kernels, args.exclude_list)
@@ -124,6 +126,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {e}") from e
     print(report(summary, f"{args.checkpoint}, {'ten-crop' if args.ten_crop else 'centre crop'}"))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
         print(f"summary: {args.json}")
     return summary

@@ -20,10 +20,10 @@ import torch
 
 import kernels
 from alexnet.checkpoint import CheckpointError
+from alexnet.cli import DEVICE_HELP, POSITIVE_INT, check_output_file, resolve_device
 from alexnet.figures import plot_neighbours, save
 from alexnet.inference import (InputError, Trained, displayable, folder_class, image_files, load_image, load_trained,
                                run)
-from alexnet.train import POSITIVE_INT, resolve_device
 
 STAGE = "fc7"
 
@@ -34,9 +34,11 @@ def extract(trained: Trained, files: list[Path], batch_size: int = 32) -> torch.
 
 
 def save_features(path: Path | str, features: torch.Tensor, files: list[Path]) -> Path:
+    """Write the .npz at `path`, under exactly that name (np.savez given a name adds .npz to it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=features.numpy(), paths=np.array([str(f) for f in files]))
+    with open(path, "wb") as f:
+        np.savez(f, features=features.numpy(), paths=np.array([str(f) for f in files]))
     return path
 
 
@@ -88,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--checkpoint", required=True, help="checkpoint written by python -m alexnet.train")
     common.add_argument("-b", "--batch-size", default=32, type=POSITIVE_INT, help="images per batch (default: 32)")
-    common.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
+    common.add_argument("--device", default=None, help=DEVICE_HELP)
     common.add_argument("--kernels", default="torch", choices=kernels.BACKENDS, help="backend (default: torch)")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("extract", parents=[common], help="fc7 features of images to an .npz")
@@ -105,6 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    check_output_file(args.output, "-o")
     try:
         trained = load_trained(args.checkpoint, resolve_device(args.device), args.kernels)
         if args.command == "extract":

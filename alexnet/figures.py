@@ -16,7 +16,6 @@ Figures are drawn on matplotlib's Agg canvas: no display needed.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,11 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from alexnet import run_folder
 from alexnet.checkpoint import CheckpointError
+from alexnet.cli import POSITIVE_INT, check_output_file
 from alexnet.inference import InputError, displayable, folder_class, image_files, load_image, load_trained
 from alexnet.predict import predict
-from alexnet.train import POSITIVE_INT
 
 
 def save(fig: Figure, path: Path | str) -> Path:
@@ -69,13 +69,10 @@ def read_metrics(path: Path | str) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"metrics file {path} does not exist")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n} is not JSON ({e})") from e
+    try:
+        records = run_folder.read_metrics(path)  # a last line cut short is dropped, with a warning
+    except run_folder.FolderError as e:
+        raise InputError(str(e)) from e
     needed = ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5")
     missing = sorted({k for r in records for k in needed if k not in r})
     if not records or missing:
@@ -179,6 +176,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
+    check_output_file(args.output, "-o")
     try:
         if args.figure == "filters":
             model = load_trained(args.checkpoint).model

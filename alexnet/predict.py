@@ -13,8 +13,8 @@ from pathlib import Path
 
 import kernels
 from alexnet.checkpoint import CheckpointError
+from alexnet.cli import DEVICE_HELP, POSITIVE_INT, resolve_device
 from alexnet.inference import InputError, Trained, image_files, load_trained, run
-from alexnet.train import POSITIVE_INT, resolve_device
 
 
 def predict(trained: Trained, files: list[Path], top: int = 5, batch_size: int = 32) -> list[dict]:
@@ -32,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by python -m alexnet.train")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-b", "--batch-size", default=32, type=POSITIVE_INT, help="images per batch (default: 32)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS, help="backend to run on (default: torch)")
     return p
 

@@ -20,21 +20,33 @@ at start-up: batch 32, Caffe's initialisation (biases 0.1 instead of 1), 7 epoch
 in a short run (docs/paper.md). The kernels are torch's (cuDNN on a GPU, oneDNN on a CPU) unless
 --kernels says otherwise.
 
-The run's folder (--output-dir) holds args.json (the resolved arguments), metrics.jsonl (a line per
-epoch), checkpoint.pth (after every epoch) and model_best.pth (the epoch with the best validation
-top-1). A folder that holds another run's files is refused unless --resume continues that run or
---overwrite replaces it. Resuming takes the data path and recipe from the checkpoint's arguments
-(flags given now override them) and continues at the exact sample where the run stopped: bit for
-bit the run that never stopped (on the CPU). On a terminal a progress bar shows each epoch;
-otherwise (a log file, a cluster job) a plain line every --print-freq steps.
+The run's folder (--output-dir) holds args.json (the resolved configuration), metrics.jsonl (a line
+per epoch), checkpoint.pth (after every epoch) and model_best.pth (a copy of the epoch with the best
+validation top-1). A run holds its folder for as long as it runs (a second run into it is refused);
+a folder that holds another run's files is refused unless --resume continues that run or
+--overwrite replaces it, which happens only once every check has passed (alexnet/run_folder.py).
+
+Resuming takes the data path and recipe from the checkpoint's arguments (flags given now override
+them) and continues at the exact sample where the run stopped: bit for bit the run that never
+stopped (on the CPU), the resumed epoch's train metrics included. The checkpoint records its data
+(absolute path, samples per split, a fingerprint of the file names and sizes): data that changed
+since is refused, unless --data-path is given again, and then the epoch in progress restarts.
+On a terminal a progress bar shows each epoch; otherwise (a log file, a cluster job) a plain line
+every --print-freq steps.
 """
+
 
 import argparse
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import json
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +55,10 @@ from tqdm import tqdm
 
 import kernels
 from alexnet import checkpoint, distributed
+from alexnet.cli import COUNT, DEVICE_HELP, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, resolve_device, topk_hits
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
+from alexnet.run_folder import ARGS, BEST, CHECKPOINT, METRICS, FolderError, RunFolder, append_metrics, \
+    keep_metrics_until
 from data.check import quick_check_all
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
@@ -56,13 +71,13 @@ from data.plans import bad_files_error, train_plan, val_plan
 # for 4 epochs then 0.001 (docs/paper.md, "The embedded run"). A flag given on the command line wins.
 RECIPES = {"paper": dict(batch_size=128, init="paper", epochs=90, lr=0.01, lr_scheduler="plateau", lr_step_size=30),
            "embedded": dict(batch_size=32, init="caffe", epochs=7, lr=0.01, lr_scheduler="step", lr_step_size=4)}
-# The rest of what a run is: the same on any data. Unset flags (None) take these, or when resuming the
-# checkpoint's.
-DEFAULTS = dict(kernels="torch", amp="none", momentum=0.9, weight_decay=5e-4, lr_gamma=0.1, lr_patience=2,
-                seed=0, data_loader="dali", lighting_std=0.1)
-# What a resumed run takes from its checkpoint's arguments unless given again; the ablation flags too.
-ABLATIONS = ("no_lrn", "no_overlap", "no_groups", "no_dropout")
-INHERITED = ("data_path", "exclude_list", *RECIPES["paper"], *DEFAULTS, *ABLATIONS)
+# The rest of what a run is: the same on any data.
+DEFAULTS = dict(data_path=None, exclude_list=None, kernels="torch", amp="none", momentum=0.9, weight_decay=5e-4,
+                lr_gamma=0.1, lr_patience=2, seed=0, data_loader="dali", lighting_std=0.1, no_lrn=False,
+                no_overlap=False, no_groups=False, no_dropout=False)
+# What a resumed run takes from its checkpoint's arguments unless given again. These flags have no
+# argparse default: a flag is given exactly when it is in the parsed namespace.
+INHERITED = tuple(dict.fromkeys(("data_path", "exclude_list", *RECIPES["paper"], *DEFAULTS)))
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOADERS = ("dali", "pil")  # --data-loader: same plans, same outputs
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
@@ -70,74 +85,102 @@ RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng"
 INTERPRETED_SECONDS_PER_IMAGE = 270  # a training step of Triton's interpreter, per image: ~9 min at -b 2 (2-core CPU)
 
 
-def _number(kind, low, strict=False, high=math.inf):
-    """An argparse type: a finite `kind` (int or float) >= low (> low if strict) and <= high, else an
-    error naming the flag."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of type {kind.__name__}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
-        return value
-    return parse
+@dataclass(frozen=True)
+class Config:
+    """A run, every value resolved: the flags given, else (when resuming) the checkpoint's arguments,
+    else the recipe for the data and DEFAULTS. Saved as the checkpoint's "args" and as args.json."""
+    data_path: str | None  # absolute; None until the embedded dataset's folder is known
+    exclude_list: str | None  # absolute
+    data_loader: str
+    lighting_std: float
+    workers: int
+    kernels: str
+    allow_interpreter: bool
+    amp: str
+    init: str
+    no_lrn: bool
+    no_overlap: bool
+    no_groups: bool
+    no_dropout: bool
+    batch_size: int
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_scheduler: str
+    lr_gamma: float
+    lr_patience: int
+    lr_step_size: int
+    seed: int
+    device: str  # resolved: "cpu", "cuda", "cuda:N"
+    output_dir: str
+    overwrite: bool
+    resume: str
+    test_only: bool
+    max_steps: int
+    checkpoint_every: int
+    print_freq: int
+    towers: int
+    dist_timeout: float
 
+    @property
+    def model_options(self) -> dict:
+        """AlexNet's keyword arguments for the ablation flags (all off: the paper's network)."""
+        return dict(dropout=0.0 if self.no_dropout else 0.5, lrn=not self.no_lrn, overlap=not self.no_overlap,
+                    groups=not self.no_groups)
 
-POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0), _number(float, 0, True), _number(float, 0)
-SEED = _number(int, 0, high=2**32 - 1)  # the plans seed a generator with seed * 1_000_003 + epoch: fits in 64 bits
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     resumed = "; when resuming, the checkpoint's"
+    unset = argparse.SUPPRESS  # INHERITED flags: absent from the namespace unless given
     p = argparse.ArgumentParser(prog="python -m alexnet.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", default=None,
+    p.add_argument("--data-path", default=unset,
                    help="folder with train/<class>/* and val/<class>/* (default: the embedded dataset, "
                         f"generated on first use{resumed})")
-    p.add_argument("--kernels", default=None, choices=kernels.BACKENDS,
+    p.add_argument("--kernels", default=unset, choices=kernels.BACKENDS,
                    help="which implementation of conv+ReLU, LRN and max-pool to run: torch (cuDNN on a GPU, "
                         "oneDNN on a CPU), compile (torch.compile) or triton (this project's kernels; on a CPU "
                         f"only with --allow-interpreter) (default: torch{resumed})")
     p.add_argument("--allow-interpreter", action="store_true",
                    help="let --kernels triton run on a CPU, in Triton's interpreter: correct, but minutes per image")
-    p.add_argument("--amp", default=None, choices=("none", *AMP_DTYPES),
+    p.add_argument("--amp", default=unset, choices=("none", *AMP_DTYPES),
                    help="mixed precision: autocast to bf16, or to fp16 with a gradient scaler (CUDA only); "
                         f"every backend's conv, LRN and pool run in that dtype (default: none{resumed})")
-    p.add_argument("-b", "--batch-size", default=None, type=POSITIVE_INT,
+    p.add_argument("-b", "--batch-size", default=unset, type=POSITIVE_INT,
                    help=f"images per step (default: 128, the paper's; 32 on the embedded dataset{resumed})")
-    p.add_argument("--init", default=None, choices=INITS,
+    p.add_argument("--init", default=unset, choices=INITS,
                    help="initialisation: paper (biases 1) or caffe (Caffe's bvlc_alexnet: biases 0.1, fc6/fc7 "
                         f"std 0.005) (default: paper; caffe on the embedded dataset{resumed})")
-    p.add_argument("--epochs", default=None, type=POSITIVE_INT,
+    p.add_argument("--epochs", default=unset, type=POSITIVE_INT,
                    help=f"epochs in all (default: 90, as the paper; 7 on the embedded dataset{resumed})")
-    p.add_argument("--lr", default=None, type=POSITIVE,
+    p.add_argument("--lr", default=unset, type=POSITIVE,
                    help="initial learning rate; given with --resume, it replaces the checkpoint's current one "
                         "(default: 0.01)")
-    p.add_argument("--momentum", default=None, type=NON_NEGATIVE, help=f"SGD momentum (default: 0.9{resumed})")
-    p.add_argument("--wd", "--weight-decay", dest="weight_decay", default=None, type=NON_NEGATIVE,
+    p.add_argument("--momentum", default=unset, type=NON_NEGATIVE, help=f"SGD momentum (default: 0.9{resumed})")
+    p.add_argument("--wd", "--weight-decay", dest="weight_decay", default=unset, type=NON_NEGATIVE,
                    help=f"weight decay (default: 5e-4{resumed})")
-    p.add_argument("--lr-scheduler", default=None, choices=("plateau", "step"),
+    p.add_argument("--lr-scheduler", default=unset, choices=("plateau", "step"),
                    help="plateau: divide the lr when val top-1 stops improving (the paper); step: divide it "
                         f"every --lr-step-size epochs (default: plateau; step on the embedded dataset{resumed})")
-    p.add_argument("--lr-gamma", default=None, type=POSITIVE,
+    p.add_argument("--lr-gamma", default=unset, type=POSITIVE,
                    help=f"factor the lr is multiplied by (default: 0.1{resumed})")
-    p.add_argument("--lr-patience", default=None, type=COUNT,
+    p.add_argument("--lr-patience", default=unset, type=COUNT,
                    help=f"plateau: epochs without improvement before dividing (default: 2{resumed})")
-    p.add_argument("--lr-step-size", default=None, type=POSITIVE_INT,
+    p.add_argument("--lr-step-size", default=unset, type=POSITIVE_INT,
                    help=f"step: epochs between divisions (default: 30; 4 on the embedded dataset{resumed})")
     p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
     p.add_argument("--output-dir", default="output",
                    help="the run's folder: args.json, metrics.jsonl, checkpoint.pth, model_best.pth (default: output)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an --output-dir that holds another run's files, replacing them")
+                   help="start a new run in an --output-dir that holds another run's files, replacing them once "
+                        "every check has passed")
     p.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --test-only)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
-    p.add_argument("--seed", default=None, type=SEED,
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--seed", default=unset, type=SEED,
                    help=f"seed for the weights, the data order and dropout (default: 0{resumed})")
     p.add_argument("--print-freq", default=10, type=POSITIVE_INT,
                    help="when the output is not a terminal, print a line every this many steps (default: 10)")
@@ -152,50 +195,54 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stop after this many steps in all, saving a checkpoint (default: 0, no limit)")
     p.add_argument("--checkpoint-every", default=0, type=COUNT,
                    help="also save a checkpoint every N steps (default: 0, only at the end of each epoch)")
-    p.add_argument("--data-loader", default=None, choices=LOADERS,
+    p.add_argument("--data-loader", default=unset, choices=LOADERS,
                    help="dali: the DALI pipeline (decodes on the GPU when training on one); pil: PIL and a "
                         f"torch DataLoader, same samples and augmentation (default: dali{resumed})")
-    p.add_argument("--lighting-std", default=None, type=NON_NEGATIVE,
+    p.add_argument("--lighting-std", default=unset, type=NON_NEGATIVE,
                    help="std of the paper's PCA lighting noise per eigenvector (default: 0.1; 0 turns it off"
                         f"{resumed})")
-    p.add_argument("--exclude-list", default=None,
+    p.add_argument("--exclude-list", default=unset,
                    help=f"leave out the files this list names (written by python -m data.check ROOT{resumed})")
     ablation = p.add_argument_group("ablations", "switch off one of the paper's ideas (python -m alexnet.ablate runs "
                                                  "them all; when resuming, the checkpoint's are kept)")
-    ablation.add_argument("--no-lrn", action="store_true", help="no local response normalisation")
-    ablation.add_argument("--no-overlap", action="store_true", help="non-overlapping 2x2 max-pooling, stride 2")
-    ablation.add_argument("--no-groups", action="store_true",
+    ablation.add_argument("--no-lrn", action="store_true", default=unset, help="no local response normalisation")
+    ablation.add_argument("--no-overlap", action="store_true", default=unset,
+                          help="non-overlapping 2x2 max-pooling, stride 2")
+    ablation.add_argument("--no-groups", action="store_true", default=unset,
                           help="one tower: conv2, conv4, conv5 without groups (same widths)")
-    ablation.add_argument("--no-dropout", action="store_true", help="no dropout before fc6 and fc7")
+    ablation.add_argument("--no-dropout", action="store_true", default=unset, help="no dropout before fc6 and fc7")
     return p
 
 
-def model_options(args) -> dict:
-    """AlexNet's keyword arguments for the ablation flags (all off: the paper's network)."""
-    return dict(dropout=0.0 if args.no_dropout else 0.5, lrn=not args.no_lrn, overlap=not args.no_overlap,
-                groups=not args.no_groups)
+def resolve(args: argparse.Namespace, saved: dict | None) -> tuple[Config, dict, dict]:
+    """The run's Config from the parsed flags and `saved` (the --resume checkpoint's arguments, or
+    None). Returns (config, what came from the checkpoint, what came from the embedded run's recipe),
+    the last two to be told to the user."""
+    given = vars(args)
+    inherited = {key: saved[key] for key in INHERITED if key not in given and key in (saved or {})}
+    values = {**given, **inherited}
+    embedded = values.get("data_path") is None
+    from_recipe = {k: v for k, v in RECIPES["embedded" if embedded else "paper"].items() if k not in values}
+    values = {**DEFAULTS, **from_recipe, **values}
+    for key in ("data_path", "exclude_list"):  # a resume from another folder reads the same files
+        if values[key] is not None:
+            values[key] = os.path.abspath(values[key])
+    values["device"] = str(resolve_device(values["device"]))
+    return Config(**values), inherited, from_recipe if embedded else {}
 
 
-def resolve_args(args, saved: dict | None) -> tuple[dict, dict]:
-    """Fill the flags left unset: from `saved` (the --resume checkpoint's arguments) when given, else from
-    the recipe for the data (the embedded run's when there is no --data-path) and DEFAULTS. Returns
-    (what came from the checkpoint, what came from the embedded recipe), to be told to the user."""
-    def unset(value):  # not given: None, or False for a store_true flag (not 0: --seed 0 is a value)
-        return value is None or value is False
-
-    inherited = {}
-    if saved is not None:
-        for key in INHERITED:
-            if unset(getattr(args, key)) and not unset(saved.get(key)):
-                inherited[key] = saved[key]
-                setattr(args, key, saved[key])
-    recipe = RECIPES["embedded" if args.data_path is None else "paper"]
-    from_recipe = {}
-    for key, value in {**recipe, **DEFAULTS}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-            from_recipe[key] = value
-    return inherited, {k: v for k, v in from_recipe.items() if args.data_path is None and k in recipe}
+def describe(config: Config, inherited: dict, from_recipe: dict) -> None:
+    """Say where the values not given came from: the --resume checkpoint, or the embedded run's recipe."""
+    shown = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                      for k, v in inherited.items() if v is not None and v is not False)
+    if shown:
+        print(f"from {config.resume}'s arguments (a flag given now overrides one): {shown}")
+    if from_recipe and not config.test_only:
+        decay = (f" (x {config.lr_gamma:g} after epoch {config.lr_step_size})"
+                 if config.lr_step_size < config.epochs else "")
+        print(f"the embedded run's recipe: batch {config.batch_size}, {config.init} initialisation, {config.epochs} "
+              f"epochs, lr {config.lr:g}{decay} (the paper's, for 1000 classes: -b 128 --init paper --lr-scheduler "
+              f"plateau --epochs 90; docs/paper.md)")
 
 
 def loader_class(name: str):
@@ -210,24 +257,25 @@ def loader_class(name: str):
     return DaliLoader
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise SystemExit(f"error: --device {name!r} is not a device ({e})") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for, but torch sees no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"error: --device {name}: only cpu and cuda are supported")
-    return device
+def check_backend(config: Config, device: torch.device) -> None:
+    """Refuse what `device` cannot run (fp16 autocast on a CPU; Triton's CPU interpreter unless asked
+    for) before anything is read or written; say how to try the other backends."""
+    if config.amp == "fp16" and device.type != "cuda":
+        raise SystemExit(f"error: --amp fp16 needs a CUDA device (got --device {device}); use --amp bf16 on the CPU")
+    if config.kernels == "triton" and device.type == "cpu":
+        minutes = config.batch_size * INTERPRETED_SECONDS_PER_IMAGE / 60
+        if not config.allow_interpreter:
+            raise SystemExit(f"error: --kernels triton on the CPU runs Triton's interpreter, about {minutes:.0f} "
+                             f"minutes per step at -b {config.batch_size}: train on a GPU (--device cuda), use "
+                             f"--kernels torch or compile, or add --allow-interpreter to run it anyway")
+        print(f"kernels: triton in Triton's CPU interpreter (--allow-interpreter): expect about {minutes:.0f} minutes "
+              f"per step at -b {config.batch_size} on a 2-core CPU")
+    others = " or ".join(f"--kernels {name}" for name in kernels.BACKENDS if name != config.kernels)
+    print(f"kernels: {config.kernels} ({others} to compare)")
 
 
 def mixed_precision(amp: str, device: torch.device):
     """(autocast context factory, GradScaler) for --amp; the scaler is a no-op unless fp16."""
-    if amp == "fp16" and device.type != "cuda":
-        raise SystemExit(f"error: --amp fp16 needs a CUDA device (got --device {device}); use --amp bf16 on the CPU")
     if amp == "none":
         autocast = contextlib.nullcontext
     else:
@@ -236,18 +284,11 @@ def mixed_precision(amp: str, device: torch.device):
     return autocast, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
-def make_scheduler(optimizer, args):
-    if args.lr_scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step_size, args.lr_gamma)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_gamma,
-                                                      patience=args.lr_patience)
-
-
-def accuracy(logits, target, topk=(1, 5)) -> list[float]:
-    """Fraction of samples whose label is among the k highest logits, for each k."""
-    top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
-    hit = top == target[:, None]
-    return [hit[:, :k].any(dim=1).float().mean().item() for k in topk]
+def make_scheduler(optimizer, config: Config):
+    if config.lr_scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_gamma,
+                                                      patience=config.lr_patience)
 
 
 @torch.no_grad()
@@ -255,20 +296,15 @@ def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext, reduce=
     """Mean loss, and top-1 and top-5 accuracy in percent, of `model` over `loader`. `reduce`, given,
     sums the (loss, top-1 hits, top-5 hits, samples) totals over the data-parallel ranks' shards."""
     model.eval()
-    total = {"loss": 0.0, "top1": 0.0, "top5": 0.0}
-    n = 0
+    totals = torch.zeros(4, dtype=torch.float64)
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty()):
         with autocast():
             logits = model(images)
-        acc1, acc5 = accuracy(logits, labels)
-        b = len(labels)
-        total["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
-        total["top1"] += round(acc1 * b)  # counts of hits, exact when summed over ranks
-        total["top5"] += round(acc5 * b)
-        n += b
-    totals = torch.tensor([*total.values(), n], dtype=torch.float64)
-    *sums, n = (reduce(totals) if reduce else totals).tolist()
-    return {k: v / n * (1 if k == "loss" else 100) for k, v in zip(total, sums)}
+        hit1, hit5 = topk_hits(logits, labels)
+        totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), hit1.sum().item(),
+                                hit5.sum().item(), len(labels)], dtype=torch.float64)
+    loss, top1, top5, n = (reduce(totals) if reduce else totals).tolist()
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
 
 
 class StepLog:
@@ -296,56 +332,6 @@ class StepLog:
             self.bar.close()
 
 
-def train_one_epoch(model, optimizer, loader, log: StepLog, on_step, autocast, scaler) -> dict:
-    """One pass over `loader`; `on_step(step_in_epoch)` runs after every step and returns True to
-    stop early. The forward runs under `autocast()`; `scaler` (a GradScaler) scales the loss.
-    Returns the epoch's mean loss, top-1 accuracy in percent and images per second."""
-    model.train()
-    loss_sum, hits, n, start = 0.0, 0.0, 0, time.perf_counter()
-    batches, step = iter(loader), loader.start_batch
-    while True:
-        waited = time.perf_counter()
-        try:
-            images, labels = next(batches)
-        except StopIteration:
-            break
-        waited = time.perf_counter() - waited
-        step += 1
-        with autocast():
-            loss = F.cross_entropy(logits := model(images), labels)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {log.epoch} step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
-        scaler.update()
-        b = len(labels)
-        loss_sum += loss.item() * b
-        hits += accuracy(logits, labels, topk=(1,))[0] * b
-        n += b
-        log.step(step, loss.item(), optimizer.param_groups[0]["lr"], n / (time.perf_counter() - start), waited)
-        if on_step(step):
-            break
-    log.close()
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(n, 1), "train_top1": 100 * hits / max(n, 1),
-            "img_per_s": n / seconds, "train_seconds": seconds}
-
-
-def resume_step(state: dict, args, replicas: int) -> int:
-    """The step of the epoch to resume `state` at with this run's -b and replicas: where the samples it
-    consumed of the epoch (in the epoch's global order) end, or an error naming -b if that is mid-step."""
-    saved = state["args"]
-    consumed = state.get("samples_in_epoch",  # an older checkpoint's, from its -b and number of replicas
-                         state["step_in_epoch"] * saved["batch_size"] * len(state.get("rank_rng", [0])) // saved["towers"])
-    step = f"-b {args.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
-    if consumed % (args.batch_size * replicas):
-        raise SystemExit(f"error: {args.resume} stopped {consumed} samples into epoch {state['epoch'] + 1}, not a whole "
-                         f"number of steps of {step}: give a -b that makes them so (it was trained with -b "
-                         f"{saved['batch_size']})")
-    return consumed // (args.batch_size * replicas)
-
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -368,222 +354,316 @@ def tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def describe_args(args, inherited: dict, from_recipe: dict) -> None:
-    """Say where the flags not given came from: the --resume checkpoint, or the embedded run's recipe."""
-    if inherited:
-        shown = ", ".join(f"--{k.replace('_', '-')} {v}" if v is not True else f"--{k.replace('_', '-')}"
-                          for k, v in inherited.items())
-        print(f"from {args.resume}'s arguments (a flag given now overrides one): {shown}")
-    if from_recipe and not args.test_only:
-        print(f"the embedded run's recipe: batch {args.batch_size}, {args.init} initialisation, {args.epochs} epochs, "
-              f"lr {args.lr:g} divided by 10 after epoch {args.lr_step_size} (the paper's, for 1000 classes: -b 128 "
-              f"--init paper --lr-scheduler plateau --epochs 90; docs/paper.md)")
+@dataclass(frozen=True)
+class Data:
+    """The dataset a run reads, every file it will read checked."""
+    root: Path  # absolute
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+
+    @functools.cached_property
+    def record(self) -> dict:
+        """What the checkpoint records to recognise this data: its folder, the samples of each split,
+        and a SHA-256 of every file's name (relative to the folder) and size."""
+        digest = hashlib.sha256()
+        for path, _ in self.train + self.val:
+            digest.update(f"{Path(path).relative_to(self.root).as_posix()}\t{os.path.getsize(path)}\n".encode())
+        return {"path": str(self.root), "samples": {"train": len(self.train), "val": len(self.val)},
+                "fingerprint": digest.hexdigest()}
 
 
-def check_kernels(args, device: torch.device) -> None:
-    """Refuse Triton's CPU interpreter unless asked for; say how to try the other backends."""
-    if args.kernels == "triton" and device.type == "cpu":
-        minutes = args.batch_size * INTERPRETED_SECONDS_PER_IMAGE / 60
-        if not args.allow_interpreter:
-            raise SystemExit(f"error: --kernels triton on the CPU runs Triton's interpreter, about {minutes:.0f} "
-                             f"minutes per step at -b {args.batch_size}: train on a GPU (--device cuda), use "
-                             f"--kernels torch or compile, or add --allow-interpreter to run it anyway")
-        print(f"kernels: triton in Triton's CPU interpreter (--allow-interpreter): expect about {minutes:.0f} minutes "
-              f"per step at -b {args.batch_size} on a 2-core CPU")
-    others = " or ".join(f"--kernels {name}" for name in kernels.BACKENDS if name != args.kernels)
-    print(f"kernels: {args.kernels} ({others} to compare)")
+def data_changes(saved: dict, now: dict) -> list[str]:
+    """How the data of record `now` differs from `saved`'s, in words ([] if the same files: the same
+    names and sizes, wherever the folder is)."""
+    if saved["fingerprint"] == now["fingerprint"]:
+        return []
+    changes = [f"{split} images {saved['samples'][split]} -> {now['samples'][split]}"
+               for split in ("train", "val") if saved["samples"][split] != now["samples"][split]]
+    changes = changes or ["file names or sizes"]
+    return ([f"folder {saved['path']} -> {now['path']}"] if saved["path"] != now["path"] else []) + changes
 
 
-def load_data(args, layout) -> tuple[Path, list[str], list, list]:
-    """(root, classes, train samples, val samples), with every file training will read checked first."""
-    try:
-        root = Path(args.data_path) if args.data_path else ensure_embedded()
-        classes, train, val = load_splits(root, args.exclude_list)
-        if len(train) < args.batch_size * layout.replicas and not args.test_only:
-            raise DatasetError(f"{root / 'train'} has {len(train)} images, fewer than one batch (-b {args.batch_size})"
-                               + (f" for each of {layout.replicas} data-parallel replicas" if layout.replicas > 1 else ""))
-        if bad := quick_check_all([p for p, _ in (val if args.test_only else train + val)], args.workers):
-            raise bad_files_error(bad)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}") from e
-    return root, classes, train, val
+def load_data(config: Config, replicas: int) -> Data:
+    """The run's data, with every file training will read checked first."""
+    root = Path(config.data_path) if config.data_path else ensure_embedded().absolute()
+    classes, train, val = load_splits(root, config.exclude_list)
+    if len(train) < config.batch_size * replicas and not config.test_only:
+        raise DatasetError(f"{root / 'train'} has {len(train)} images, fewer than one batch (-b {config.batch_size})"
+                           + (f" for each of {replicas} data-parallel replicas" if replicas > 1 else ""))
+    if bad := quick_check_all([p for p, _ in (val if config.test_only else train + val)], config.workers):
+        raise bad_files_error(bad)
+    return Data(root, classes, train, val)
+
+
+def new_sums() -> dict:
+    """An epoch's running train totals, saved in mid-epoch checkpoints so a resumed epoch reports them all."""
+    return {"loss": 0.0, "hits": 0, "samples": 0, "seconds": 0.0}
 
 
 class Run:
-    """One training run: the network, its optimiser and where it is (epoch, step, best val top-1), and
-    how it is saved into the run's folder."""
+    """One training run: the network, its optimiser and where it is (epoch, step, the epoch's running
+    totals, best val top-1), how it is saved into the run's folder, and when it stops."""
 
-    def __init__(self, args, layout, model: AlexNet, classes: list[str]):
-        self.args, self.layout, self.model, self.classes = args, layout, model, classes
-        self.net = layout.wrap(model, args.seed)  # `model`, or under torchrun this rank's tower and/or DDP replica
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum,
-                                         weight_decay=args.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, args)
-        self.autocast, self.scaler = mixed_precision(args.amp, layout.device)
+    def __init__(self, config: Config, layout, model: AlexNet, data: Data):
+        self.config, self.layout, self.model, self.data = config, layout, model, data
+        self.net = layout.wrap(model, config.seed)  # `model`, or under torchrun this rank's tower and/or DDP replica
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, config)
+        self.autocast, self.scaler = mixed_precision(config.amp, layout.device)
         self.epoch, self.step_in_epoch, self.global_step, self.best_top1 = 0, 0, 0, None
-        self.out = Path(args.output_dir)
+        self.sums = new_sums()
+        self.out = Path(config.output_dir)
 
-    def restore(self, state: dict, lr_given: bool) -> None:
+    def restore(self, state: dict, lr_given: bool, data_given: bool) -> None:
         """Load the --resume checkpoint's weights and, unless --test-only, where it was."""
-        args, layout = self.args, self.layout
-        try:
-            trained = {**PAPER_OPTIONS, **state.get("model_options", {})}
-            if trained != self.model.options:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint {args.resume} is the variant {trained}, this run builds {self.model.options}: "
-                    f"give the ablation flags it was trained with")
-            checkpoint.load_model_state(self.model, state, args.resume)
-            layout.load_weights(self.net, self.model)
-            if state.get("classes", self.classes) != self.classes:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint {args.resume} was trained on other classes than the data has "
-                    f"({len(state['classes'])} vs {len(self.classes)})")
-            missing = [key for key in RESUME_KEYS if key not in state]
-            if missing and not args.test_only:
-                raise checkpoint.CheckpointError(
-                    f"checkpoint {args.resume} holds no training state ({', '.join(missing)} missing): "
-                    f"it can be evaluated with --test-only, not resumed")
-        except checkpoint.CheckpointError as e:
-            raise SystemExit(f"error: {e}") from e
-        if args.test_only:
+        config, layout = self.config, self.layout
+        trained = {**PAPER_OPTIONS, **state.get("model_options", {})}
+        if trained != self.model.options:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {config.resume} is the variant {trained}, this run builds {self.model.options}: "
+                f"give the ablation flags it was trained with")
+        checkpoint.load_model_state(self.model, state, config.resume)
+        layout.load_weights(self.net, self.model)
+        if state.get("classes", self.data.classes) != self.data.classes:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {config.resume} was trained on other classes than the data has "
+                f"({len(state['classes'])} vs {len(self.data.classes)})")
+        if config.test_only:
             return
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {config.resume} holds no training state ({', '.join(missing)} missing): "
+                f"it can be evaluated with --test-only, not resumed")
         self.optimizer.load_state_dict(layout.local_optimizer_state(state["optimizer"], self.net))
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):  # empty unless the run used --amp fp16
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step, self.best_top1 = state["epoch"], state["step"], state.get("best_top1")
-        self.step_in_epoch = resume_step(state, args, layout.replicas)
+        self.step_in_epoch = resume_step(state, config, layout.replicas)
+        self.sums = state.get("epoch_sums", new_sums())  # older checkpoints: the steps after the resume only
         if rng := layout.rng_to_restore(state):  # None if another number of processes wrote it
             set_rng_state(rng)
-        print(f"resumed from {args.resume} in epoch {self.epoch + 1}, at sample "
-              f"{self.step_in_epoch * args.batch_size * layout.replicas} of the epoch (step {self.step_in_epoch} "
-              f"at -b {args.batch_size})")
+        changes = data_changes(state["dataset"], self.data.record) if "dataset" in state else []
+        if changes and not data_given:
+            raise checkpoint.CheckpointError(
+                f"the data is not what {config.resume} was trained on ({'; '.join(changes)}): give --data-path "
+                f"to train on it as it is now (the epoch in progress then restarts)")
+        if changes:
+            print(f"--data-path {self.data.root} is not the data {config.resume} stopped on ({'; '.join(changes)}): "
+                  f"epoch {self.epoch + 1} {'restarts from' if self.step_in_epoch else 'starts at'} its first sample")
+            self.step_in_epoch, self.sums = 0, new_sums()
+        print(f"resumed from {config.resume} in epoch {self.epoch + 1}, at sample "
+              f"{self.step_in_epoch * config.batch_size * layout.replicas} of the epoch (step {self.step_in_epoch} "
+              f"at -b {config.batch_size})")
         if lr_given:
-            print(f"lr set to {args.lr:g} by --lr (the checkpoint's was {self.optimizer.param_groups[0]['lr']:g})")
+            print(f"lr set to {config.lr:g} by --lr (the checkpoint's was {self.optimizer.param_groups[0]['lr']:g})")
             for group in self.optimizer.param_groups:
-                group["lr"] = args.lr
-        if self.epoch >= args.epochs:
-            print(f"the checkpoint has finished all {args.epochs} epochs; raise --epochs to train on")
+                group["lr"] = config.lr
+        if self.epoch >= config.epochs:
+            print(f"the checkpoint has finished all {config.epochs} epochs; raise --epochs to train on")
 
     def save(self, best: bool = False) -> None:
-        """Write checkpoint.pth (and make it model_best.pth too if `best`). Every rank takes part (the
+        """Write checkpoint.pth (and copy it to model_best.pth if `best`). Every rank takes part (the
         towers' halves are gathered, the RNG states collected); rank 0 writes."""
-        args, layout = self.args, self.layout
+        config, layout = self.config, self.layout
         state = {"arch": checkpoint.ARCH, "model": layout.model_state(self.net),
                  "optimizer": layout.optimizer_state(self.optimizer, self.net),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": self.epoch,
                  "step_in_epoch": self.step_in_epoch,
-                 "samples_in_epoch": self.step_in_epoch * args.batch_size * layout.replicas,
-                 "step": self.global_step, "best_top1": self.best_top1, "rng": rng_state(), "args": vars(args),
-                 "classes": self.classes, "model_options": self.model.options,
+                 "samples_in_epoch": self.step_in_epoch * config.batch_size * layout.replicas,
+                 "epoch_sums": dict(self.sums), "step": self.global_step, "best_top1": self.best_top1,
+                 "rng": rng_state(), "args": config.as_dict(), "dataset": self.data.record,
+                 "classes": self.data.classes, "model_options": self.model.options,
                  "rank_rng": layout.gather_objects(rng_state())}
         if layout.main:
             try:
-                checkpoint.save(state, self.out / checkpoint.CHECKPOINT)
+                checkpoint.save(state, self.out / CHECKPOINT)
                 if best:
-                    checkpoint.save_best(self.out / checkpoint.CHECKPOINT, self.out / checkpoint.BEST)
+                    checkpoint.save_best(self.out / CHECKPOINT, self.out / BEST)
             except (checkpoint.CheckpointError, OSError) as e:
                 raise SystemExit(f"error: {e}") from e
 
+    def out_of_steps(self) -> bool:
+        return bool(self.config.max_steps) and self.global_step >= self.config.max_steps
 
-def start_folder(run: Run) -> None:
-    """Ready the run's folder: leftovers of killed saves removed, metrics past the checkpoint dropped,
-    args.json written."""
-    out, args = run.out, run.args
-    for name in (checkpoint.CHECKPOINT, checkpoint.BEST):
-        for leftover in checkpoint.remove_leftovers(out / name):
-            print(f"removed {leftover}, left by a save that was killed")
-    checkpoint.keep_metrics_until(out / checkpoint.METRICS, run.epoch)
-    (out / checkpoint.ARGS).write_text(json.dumps(vars(args), indent=1) + "\n")
+    def stop_after(self, step: int, steps: int, loss: float) -> bool:
+        """The one place a run stops early, after step `step` of `steps` of the epoch: a loss that is
+        not finite ends it with an error (the last checkpoint is kept), --max-steps mid-epoch with a
+        checkpoint. Also saves every --checkpoint-every steps."""
+        self.global_step, self.step_in_epoch = self.global_step + 1, step
+        if not math.isfinite(loss):
+            raise SystemExit(f"error: the loss is {loss} at epoch {self.epoch + 1} step {step}: lower --lr "
+                             f"(the last checkpoint, if any, is kept)")
+        stop = self.out_of_steps() and step < steps  # at the epoch's end, the epoch is finished first
+        every = self.config.checkpoint_every
+        if stop or (every and self.global_step % every == 0 and step < steps):
+            self.save()
+        if stop:
+            print(f"stopped after {self.global_step} steps, in epoch {self.epoch + 1} at step {step} of {steps}")
+        return stop
 
+    def train_epoch(self, loader, log: StepLog, steps: int) -> bool:
+        """One pass over `loader` (the rest of the epoch), adding to the epoch's running totals.
+        Returns whether the run stopped before the epoch's end."""
+        self.net.train()
+        sums, start, seconds_before = self.sums, time.perf_counter(), self.sums["seconds"]
+        batches, step = iter(loader), loader.start_batch
+        while True:
+            waited = time.perf_counter()
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                return False
+            waited = time.perf_counter() - waited
+            step += 1
+            with self.autocast():
+                loss = F.cross_entropy(logits := self.net(images), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # skips the step if fp16 gradients overflowed
+            self.scaler.update()
+            loss_value, b = loss.item(), len(labels)
+            sums["loss"] += loss_value * b
+            sums["hits"] += int(topk_hits(logits, labels, (1,))[0].sum())
+            sums["samples"] += b
+            sums["seconds"] = seconds_before + time.perf_counter() - start
+            log.step(step, loss_value, self.optimizer.param_groups[0]["lr"], sums["samples"] / sums["seconds"], waited)
+            if self.stop_after(step, steps, loss_value):
+                return True
 
-def train(run: Run, train_samples: list, val_loader, Loader) -> dict | None:
-    """Epochs until --epochs or --max-steps; after each, validate, save, and log a line of metrics."""
-    args, layout, out = run.args, run.layout, run.out
-    writer = tensorboard_writer(out) if layout.main else None
-    val, stopped = None, False
-    while run.epoch < args.epochs and not stopped:
-        plan = train_plan(train_samples, args.batch_size, args.seed, run.epoch, lighting_std=args.lighting_std,
-                          **layout.shard())
-        loader = Loader(plan, args.batch_size, layout.device, args.workers, start_batch=run.step_in_epoch)
-        steps = loader.start_batch + len(loader)
+    def train_metrics(self) -> dict:
+        """The epoch's mean loss, top-1 accuracy in percent and images per second, over all its steps."""
+        n, seconds = max(self.sums["samples"], 1), self.sums["seconds"]
+        return {"train_loss": self.sums["loss"] / n, "train_top1": 100 * self.sums["hits"] / n,
+                "img_per_s": self.sums["samples"] / seconds if seconds else 0.0, "train_seconds": seconds}
 
-        def on_step(step):
-            nonlocal stopped
-            run.global_step, run.step_in_epoch = run.global_step + 1, step
-            stopped = bool(args.max_steps) and run.global_step >= args.max_steps and step < steps
-            if stopped or (args.checkpoint_every and run.global_step % args.checkpoint_every == 0 and step < steps):
-                run.save()
+    def fit(self, val_loader, Loader) -> dict | None:
+        """Epochs until --epochs or --max-steps; after each, validate, save, and log a line of metrics."""
+        config, layout, out = self.config, self.layout, self.out
+        writer = tensorboard_writer(out) if layout.main else None
+        val = None
+        while self.epoch < config.epochs:
+            plan = train_plan(self.data.train, config.batch_size, config.seed, self.epoch,
+                              lighting_std=config.lighting_std, **layout.shard())
+            loader = Loader(plan, config.batch_size, layout.device, config.workers, start_batch=self.step_in_epoch)
+            steps = loader.start_batch + len(loader)
+            log = StepLog(self.epoch + 1, config.epochs, steps, loader.start_batch, config.print_freq, layout.device)
+            stopped = self.train_epoch(loader, log, steps)
+            log.close()
             if stopped:
-                print(f"stopped after {run.global_step} steps, in epoch {run.epoch + 1} at step {step} of {steps}")
-            return stopped
-
-        log = StepLog(run.epoch + 1, args.epochs, steps, loader.start_batch, args.print_freq, layout.device)
-        train = train_one_epoch(run.net, run.optimizer, loader, log, on_step, run.autocast, run.scaler)
-        if stopped:
-            break
-        val = evaluate(run.net, val_loader, autocast=run.autocast, reduce=layout.sum_over_replicas)
-        lr = run.optimizer.param_groups[0]["lr"]
-        if args.lr_scheduler == "plateau":
-            run.scheduler.step(val["top1"])
-        else:
-            run.scheduler.step()
-        best = run.best_top1 is None or val["top1"] > run.best_top1
-        if best:
-            run.best_top1 = val["top1"]
-        run.epoch, run.step_in_epoch = run.epoch + 1, 0
-        run.save(best)
-        record = {"epoch": run.epoch, "step": run.global_step, "lr": lr, **train,
-                  **{f"val_{k}": v for k, v in val.items()}}
-        if layout.main:
-            with open(out / checkpoint.METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                break
+            epoch_metrics = self.train_metrics()
+            val = evaluate(self.net, val_loader, autocast=self.autocast, reduce=layout.sum_over_replicas)
+            lr = self.optimizer.param_groups[0]["lr"]
+            if config.lr_scheduler == "plateau":
+                self.scheduler.step(val["top1"])
+            else:
+                self.scheduler.step()
+            best = self.best_top1 is None or val["top1"] > self.best_top1
+            if best:
+                self.best_top1 = val["top1"]
+            self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, new_sums()
+            self.save(best)
+            record = {"epoch": self.epoch, "step": self.global_step, "lr": lr, **epoch_metrics,
+                      **{f"val_{k}": v for k, v in val.items()}}
+            if layout.main:
+                append_metrics(out / METRICS, record)
+            if writer:
+                for name, value in record.items():
+                    writer.add_scalar(name, value, self.epoch)
+                writer.flush()
+            print(f"epoch {self.epoch}/{config.epochs}: train loss {epoch_metrics['train_loss']:.4f}, top-1 "
+                  f"{epoch_metrics['train_top1']:.2f} %, {epoch_metrics['img_per_s']:.1f} img/s; val loss "
+                  f"{val['loss']:.4f}, top-1 {val['top1']:.2f} %, top-5 {val['top5']:.2f} %"
+                  f"{' (best)' if best else ''}; lr {lr:g}", flush=True)
+            if self.out_of_steps():
+                break
         if writer:
-            for name, value in record.items():
-                writer.add_scalar(name, value, run.epoch)
-            writer.flush()
-        print(f"epoch {run.epoch}/{args.epochs}: train loss {train['train_loss']:.4f}, top-1 {train['train_top1']:.2f} %, "
-              f"{train['img_per_s']:.1f} img/s; val loss {val['loss']:.4f}, top-1 {val['top1']:.2f} %, top-5 "
-              f"{val['top5']:.2f} %{' (best)' if best else ''}; lr {lr:g}", flush=True)
-        stopped = bool(args.max_steps and run.global_step >= args.max_steps)
-    if writer:
-        writer.close()
-    print(f"checkpoint: {out / checkpoint.CHECKPOINT}\nmetrics: {out / checkpoint.METRICS}")
-    return val
+            writer.close()
+        print(f"checkpoint: {out / CHECKPOINT}")
+        if (out / METRICS).exists():
+            print(f"metrics: {out / METRICS}")
+        return val
 
 
-def main(args) -> dict | None:
+def resume_step(state: dict, config: Config, replicas: int) -> int:
+    """The step of the epoch to resume `state` at with this run's -b and replicas: where the samples it
+    consumed of the epoch (in the epoch's global order) end, or an error naming -b if that is mid-step."""
+    saved = state["args"]
+    consumed = state.get("samples_in_epoch",  # an older checkpoint's, from its -b and number of replicas
+                         state["step_in_epoch"] * saved["batch_size"] * len(state.get("rank_rng", [0])) // saved["towers"])
+    step = f"-b {config.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
+    if consumed % (config.batch_size * replicas):
+        raise SystemExit(f"error: {config.resume} stopped {consumed} samples into epoch {state['epoch'] + 1}, not a "
+                         f"whole number of steps of {step}: give a -b that makes them so (it was trained with -b "
+                         f"{saved['batch_size']})")
+    return consumed // (config.batch_size * replicas)
+
+
+def main(args: argparse.Namespace) -> dict | None:
     """Train (or with --test-only, evaluate); returns the last validation metrics."""
-    lr_given = args.lr is not None
     if args.test_only and not args.resume:
         raise SystemExit("error: --test-only evaluates the --resume checkpoint: give --resume")
     try:
         resumed = checkpoint.load(args.resume) if args.resume else None  # read once, used below
-        describe_args(args, *resolve_args(args, resumed and resumed.get("args", {})))
-        if not args.test_only:
-            checkpoint.prepare_output_dir(Path(args.output_dir), args.resume, args.overwrite)
-    except checkpoint.CheckpointError as e:
+        config, inherited, from_recipe = resolve(args, resumed and resumed.get("args", {}))
+        describe(config, inherited, from_recipe)
+        layout = distributed.setup(config.towers, torch.device(config.device), config.dist_timeout)  # torchrun's ranks
+        check_backend(config, layout.device)
+        if config.test_only:
+            return evaluate_resumed(config, layout, resumed)
+        folder = RunFolder(config.output_dir)
+        with folder.claimed(config.resume, config.overwrite) if layout.main else contextlib.nullcontext():
+            return train(config, layout, resumed, lr_given="lr" in vars(args),
+                         data_given="data_path" in vars(args), folder=folder)
+    except (checkpoint.CheckpointError, FolderError, DatasetError) as e:
         raise SystemExit(f"error: {e}") from e
-    layout = distributed.setup(args.towers, resolve_device(args.device), args.dist_timeout)  # torchrun's ranks
-    check_kernels(args, layout.device)
-    torch.manual_seed(args.seed)
-    root, classes, train_samples, val_samples = load_data(args, layout)
-    model = AlexNet(num_classes=len(classes), kernels=args.kernels, init=args.init, **model_options(args))
-    run = Run(args, layout, model.to(layout.device), classes)
-    Loader = loader_class(args.data_loader)
-    val_loader = Loader(val_plan(val_samples, **layout.shard()), args.batch_size, layout.device, args.workers)
-    print(f"data: {root} ({len(classes)} classes, {len(train_samples)} train / {len(val_samples)} val images); "
-          f"device: {layout.device}; amp: {args.amp}")
+
+
+def evaluate_resumed(config: Config, layout, state: dict) -> dict:
+    """--test-only: the --resume checkpoint's validation loss and accuracy."""
+    data = load_data(config, layout.replicas)
+    model = AlexNet(num_classes=len(data.classes), kernels=config.kernels, init=config.init, **config.model_options)
+    run = Run(config, layout, model.to(layout.device), data)
+    run.restore(state, lr_given=False, data_given=True)
+    val_loader = loader_class(config.data_loader)(val_plan(data.val, **layout.shard()), config.batch_size,
+                                                  layout.device, config.workers)
+    print(f"evaluating {config.resume}")
+    metrics = evaluate(run.net, val_loader, autocast=run.autocast, reduce=layout.sum_over_replicas)
+    print(f"val: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, top-5 {metrics['top5']:.2f} %")
+    return metrics
+
+
+def environment() -> dict:
+    """What besides the configuration decides a CPU run's bits: torch's version, its intra-op threads
+    and the instruction set its kernels dispatch to (a run repeats exactly only when all three match)."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def train(config: Config, layout, resumed: dict | None, lr_given: bool, data_given: bool,
+          folder: RunFolder) -> dict | None:
+    """Set up (data, network, the resumed state), ready the run's folder, and train."""
+    torch.manual_seed(config.seed)
+    data = load_data(config, layout.replicas)
+    config = dataclasses.replace(config, data_path=str(data.root))  # the embedded dataset's folder, once known
+    model = AlexNet(num_classes=len(data.classes), kernels=config.kernels, init=config.init, **config.model_options)
+    run = Run(config, layout, model.to(layout.device), data)
+    Loader = loader_class(config.data_loader)
+    val_loader = Loader(val_plan(data.val, **layout.shard()), config.batch_size, layout.device, config.workers)
+    print(f"data: {data.root} ({len(data.classes)} classes, {len(data.train)} train / {len(data.val)} val images); "
+          f"device: {layout.device}; amp: {config.amp}")
     if resumed is not None:
-        run.restore(resumed, lr_given)
-    if args.test_only:
-        print(f"evaluating {args.resume}")
-        metrics = evaluate(run.net, val_loader, autocast=run.autocast, reduce=layout.sum_over_replicas)
-        print(f"val: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, top-5 {metrics['top5']:.2f} %")
-        return metrics
-    if layout.main:
-        start_folder(run)
-    return train(run, train_samples, val_loader, Loader)
+        run.restore(resumed, lr_given, data_given)
+    if layout.main:  # every check passed: the folder becomes this run's
+        folder.start()
+        keep_metrics_until(run.out / METRICS, run.epoch)
+        (run.out / ARGS).write_text(json.dumps({**config.as_dict(), "dataset": data.record,
+                                                "environment": environment()}, indent=1) + "\n")
+    return run.fit(val_loader, Loader)
 
 
 if __name__ == "__main__":

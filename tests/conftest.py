@@ -1,7 +1,8 @@
 """Test set-up: with no GPU, Triton kernels run in the interpreter, which must be on before import
-(tests/devices.py says where each test runs them)."""
+(tests/devices.py says where each test runs them); tests never write the repository's root."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,22 @@ from tests.devices import triton_device, use_interpreter
 if use_interpreter():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+REPO = Path(__file__).resolve().parents[1]
+MADE_BY_PYTHON = {".pytest_cache", "__pycache__"}
+
 
 @pytest.fixture
 def on_triton_device():
     """Tensors made without a device go to the one the Triton kernels run on (the GPU, if any)."""
     with torch.device(triton_device()):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_root_unchanged():
+    """Tests never write the working directory: the repository root lists the same entries after the
+    session as before it (a train without a tmp --output-dir would leave ./output)."""
+    before = {p.name for p in REPO.iterdir()} - MADE_BY_PYTHON
+    yield
+    after = {p.name for p in REPO.iterdir()} - MADE_BY_PYTHON
+    assert after == before, f"the tests left {sorted(after - before)} and removed {sorted(before - after)} in {REPO}"

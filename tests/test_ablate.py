@@ -12,7 +12,7 @@ import kernels
 from alexnet import ablate, checkpoint
 from alexnet.inference import load_trained
 from alexnet.model import PAPER_OPTIONS, POOL_NO_OVERLAP, AlexNet
-from alexnet.train import get_args_parser, main, model_options
+from alexnet.train import get_args_parser, main, resolve
 from data.embedded import write_dataset
 
 
@@ -73,17 +73,21 @@ def test_non_overlapping_pool_on_the_triton_kernels(hw):
     torch.testing.assert_close(g_got, g_want, msg=lambda m: f"[pool 2/2 backward {hw}] {m}")
 
 
+def config(flags):
+    return resolve(get_args_parser().parse_args(flags), None)[0]
+
+
 def test_each_variant_switches_off_one_thing():
-    paper = get_args_parser().parse_args([])
+    paper = config([])
     for name, flags in ablate.VARIANTS.items():
-        args = get_args_parser().parse_args(flags)
-        changed = {k for k, v in model_options(args).items() if v != model_options(paper)[k]}
-        changed |= {"lighting"} if args.lighting_std != paper.lighting_std else set()
+        variant = config(flags)
+        changed = {k for k, v in variant.model_options.items() if v != paper.model_options[k]}
+        changed |= {"lighting"} if variant.lighting_std != paper.lighting_std else set()
         expected = {"paper": set(), "no-lrn": {"lrn"}, "no-overlap": {"overlap"}, "no-groups": {"groups"},
                     "no-dropout": {"dropout"}, "no-lighting": {"lighting"}}[name]
         assert changed == expected, f"variant {name} changes {changed}"
-    assert get_args_parser().parse_args(ablate.VARIANTS["no-lighting"]).lighting_std == 0
-    assert model_options(get_args_parser().parse_args(ablate.VARIANTS["no-dropout"]))["dropout"] == 0
+    assert config(ablate.VARIANTS["no-lighting"]).lighting_std == 0
+    assert config(ablate.VARIANTS["no-dropout"]).model_options["dropout"] == 0
 
 
 def run_ablate(tiny_data, out, *flags):
@@ -155,3 +159,10 @@ def test_ablate_refuses_flags_it_sets_and_bad_train_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablate.parse(["--variants", "no-lrn", "--output-dir", str(tmp_path)])
     assert f"{tmp_path / 'no-lrn'} already exist" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match=f"--output-dir {tmp_path / 'file' / 'ablation.json'}: {tmp_path / 'file'} "
+                                         "is a file, not a folder"):
+        ablate.parse(["--output-dir", str(tmp_path / "file")])

@@ -43,9 +43,10 @@ def test_other_backends_run_in_bf16_under_autocast(backend):
     assert (y.dtype, z.dtype, p.dtype) == (torch.bfloat16,) * 3, f"[{backend}] {y.dtype} {z.dtype} {p.dtype}"
 
 
-def test_fp16_on_the_cpu_is_refused_naming_the_flag():
+def test_fp16_on_the_cpu_is_refused_naming_the_flag(tmp_path):
     with pytest.raises(SystemExit, match="--amp fp16 needs a CUDA device"):
-        main(get_args_parser().parse_args(["--amp", "fp16", "--device", "cpu"]))
+        main(get_args_parser().parse_args(["--amp", "fp16", "--device", "cpu", "--output-dir", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists(), "refused before anything is made"
 
 
 def test_bf16_training_step_saves_a_loadable_checkpoint(tmp_path):

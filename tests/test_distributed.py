@@ -177,18 +177,18 @@ def test_a_rank_that_dies_or_hangs_stops_the_other_with_a_clear_error(tiny_data,
     assert checkpoint.load(tmp_path / "checkpoint.pth")["step"] >= 1
 
 
-def test_towers_without_torchrun_is_refused(tiny_data, monkeypatch):
+def test_towers_without_torchrun_is_refused(tiny_data, monkeypatch, tmp_path):
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit, match="--towers 2 runs one process per tower: launch it with torchrun"):
-        main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--towers", "2"]))
+        main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--towers", "2", "--output-dir", str(tmp_path)]))
 
 
-def test_towers_on_an_odd_number_of_processes_is_refused(tiny_data, monkeypatch):
+def test_towers_on_an_odd_number_of_processes_is_refused(tiny_data, monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(SystemExit, match="--towers 2 needs a multiple of 2 processes; torchrun started 3"):
-        main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--towers", "2"]))
+        main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--towers", "2", "--output-dir", str(tmp_path)]))
 
 
 def test_towers_flag_takes_only_one_or_two(capsys):

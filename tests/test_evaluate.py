@@ -2,6 +2,8 @@
 hand, ten-crop is the mean of the ten crops' softmaxes, and bad input is named."""
 
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -95,3 +97,20 @@ def test_missing_files_are_named(tiny_run, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="junk.pth cannot be read"):
         evaluate.main(["--checkpoint", str(tmp_path / "junk.pth"), "--data-path", str(tiny_run.data)])
+
+
+def test_json_path_is_checked_before_the_evaluation(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a: pytest.fail("evaluated before checking --json"))
+    (tmp_path / "file").write_text("")
+    for path, message in [(tmp_path, "is a folder: give a file name"), (tmp_path / "file" / "e.json", "is a file")]:
+        with pytest.raises(SystemExit, match=f"^error: --json {path}.*{message}"):
+            evaluate.main(["--checkpoint", str(tiny_run.checkpoint), "--data-path", str(tiny_run.data),
+                           "--json", str(path)])
+
+
+def test_no_progress_bar_is_drawn_into_a_log_file(tiny_run, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "alexnet.evaluate", "--checkpoint", str(tiny_run.checkpoint),
+                             "--data-path", str(tiny_run.data), "-b", "4", "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr and "centre crop:" not in result.stderr, result.stderr

@@ -42,3 +42,22 @@ def test_export_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+def test_the_export_s_checksum_is_verified_on_load(tiny_run, tmp_path):
+    out = export.main(["--checkpoint", str(tiny_run.checkpoint), "-o", str(tmp_path / "a.safetensors")])
+    tensors, meta = export.load(out)
+    assert len(meta["checksum"]) == 64 and torch.equal(tensors["fc8.bias"], load(tiny_run.checkpoint)["model"]["fc8.bias"])
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a bit of some weight
+    out.write_bytes(data)
+    with pytest.raises(checkpoint.CheckpointError, match=f"{out} is corrupt: its tensors or metadata do not match"):
+        export.load(out)
+
+
+def test_output_path_is_checked_before_the_export(tiny_run, tmp_path):
+    (tmp_path / "file").write_text("")
+    for path, message in [(tmp_path, "is a folder: give a file name"), (tmp_path / "file" / "a.safetensors",
+                                                                         f"{tmp_path / 'file'} is a file, not a folder")]:
+        with pytest.raises(SystemExit, match=f"^error: -o {path}.*{message}"):
+            export.main(["--checkpoint", str(tiny_run.checkpoint), "-o", str(path)])

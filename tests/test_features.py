@@ -65,3 +65,14 @@ def test_bad_features_file_is_named(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match=f"features file {tmp_path / 'junk.npz'} cannot be read"):
         features.main(["neighbours", query, "--checkpoint", str(tiny_run.checkpoint),
                        "--gallery", str(tmp_path / "junk.npz")])
+
+
+def test_extract_writes_the_file_it_names_and_checks_it_first(tiny_run, tmp_path, capsys):
+    out = features.main(["extract", str(tiny_run.data / "val"), "--checkpoint", str(tiny_run.checkpoint),
+                         "-o", str(tmp_path / "fc7")])
+    assert out == tmp_path / "fc7" and out.is_file() and not (tmp_path / "fc7.npz").exists()
+    assert capsys.readouterr().out.strip().endswith(f"fc7 features: {tmp_path / 'fc7'}")
+    assert features.load_features(out)[0].shape == (6, 4096)
+    with pytest.raises(SystemExit, match=f"^error: -o {tmp_path} is a folder: give a file name"):
+        features.main(["extract", str(tiny_run.data / "val"), "--checkpoint", str(tiny_run.checkpoint),
+                       "-o", str(tmp_path)])

@@ -15,7 +15,7 @@ import torch
 
 from alexnet import checkpoint
 from alexnet.model import AlexNet
-from alexnet.train import get_args_parser, main, resolve_args
+from alexnet.train import get_args_parser, main, resolve
 from data.embedded import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_named(tmp_path, tiny_data):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10  # the middle of the file is fc6's weights
     path.write_bytes(data)
-    with pytest.raises(SystemExit, match=f"checkpoint {path} is corrupt: its tensors do not match the checksum"):
+    with pytest.raises(SystemExit, match=f"checkpoint {path} is corrupt: its contents do not match the checksum"):
         run_main("--data-path", str(tiny_data), "--resume", str(path), "--test-only", "-b", "4")
 
 
@@ -205,19 +205,19 @@ def run_main(*argv: str):
 
 def test_missing_data_path_is_named(tmp_path):
     with pytest.raises(SystemExit, match=f"data path {tmp_path / 'nope'} does not exist"):
-        run_main("--data-path", str(tmp_path / "nope"))
+        run_main("--data-path", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "out"))
 
 
 def test_empty_folder_is_named(tmp_path):
     with pytest.raises(SystemExit, match=f"{tmp_path / 'train'} does not exist or is not a folder"):
-        run_main("--data-path", str(tmp_path))
+        run_main("--data-path", str(tmp_path), "--output-dir", str(tmp_path / "out"))
 
 
 def test_images_without_class_folders_are_named(tmp_path, tiny_data):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "a.JPEG").write_bytes((tiny_data / "train/checks/checks_0000.JPEG").read_bytes())
     with pytest.raises(SystemExit, match="has no class folders"):
-        run_main("--data-path", str(tmp_path))
+        run_main("--data-path", str(tmp_path), "--output-dir", str(tmp_path / "out"))
 
 
 def test_class_folder_without_images_is_named(tmp_path):
@@ -225,14 +225,14 @@ def test_class_folder_without_images_is_named(tmp_path):
     (tmp_path / "train" / "zebra").mkdir()
     (tmp_path / "train" / "zebra" / "notes.txt").write_text("not an image")
     with pytest.raises(SystemExit, match=f"{tmp_path / 'train' / 'zebra'} holds no image files"):
-        run_main("--data-path", str(tmp_path))
+        run_main("--data-path", str(tmp_path), "--output-dir", str(tmp_path / "out"))
 
 
 def test_val_class_unknown_to_train_is_named(tmp_path):
     write_dataset(tmp_path, {"train": 1, "val": 1}, num_classes=2)
     (tmp_path / "val" / "crosshatch").rename(tmp_path / "val" / "zebra")
     with pytest.raises(SystemExit, match="zebra is a class the train split does not have"):
-        run_main("--data-path", str(tmp_path))
+        run_main("--data-path", str(tmp_path), "--output-dir", str(tmp_path / "out"))
 
 
 def test_unknown_kernels_name_is_refused(capsys):
@@ -275,9 +275,9 @@ def test_bad_numeric_flags_are_named(capsys, flag, value, message):
     assert message in capsys.readouterr().err
 
 
-def test_test_only_without_resume_is_refused(tiny_data):
+def test_test_only_without_resume_is_refused(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="--test-only evaluates the --resume checkpoint: give --resume"):
-        run_main("--data-path", str(tiny_data), "--test-only")
+        run_main("--data-path", str(tiny_data), "--test-only", "--output-dir", str(tmp_path))
 
 
 def test_output_dir_that_is_a_file_is_named(tiny_data, tmp_path):
@@ -290,7 +290,8 @@ def test_exclude_list_that_empties_val_is_named(tiny_data, tmp_path):
     listed = "".join(f"{p.relative_to(tiny_data)}\tbad\n" for p in sorted((tiny_data / "val").rglob("*.JPEG")))
     (tmp_path / "bad.txt").write_text(listed)
     with pytest.raises(SystemExit, match=f"exclude list {tmp_path / 'bad.txt'} leaves no images in {tiny_data / 'val'}"):
-        run_main("--data-path", str(tiny_data), "--exclude-list", str(tmp_path / "bad.txt"), "-b", "4")
+        run_main("--data-path", str(tiny_data), "--exclude-list", str(tmp_path / "bad.txt"), "-b", "4",
+                 "--output-dir", str(tmp_path / "out"))
 
 
 def test_bad_val_file_is_named_before_the_first_step(tmp_path):
@@ -301,20 +302,21 @@ def test_bad_val_file_is_named_before_the_first_step(tmp_path):
     assert not (tmp_path / "out" / "checkpoint.pth").exists()
 
 
-def test_batch_larger_than_the_train_split_is_named(tiny_data):
+def test_batch_larger_than_the_train_split_is_named(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match=r"has 12 images, fewer than one batch \(-b 64\)"):
-        run_main("--data-path", str(tiny_data), "-b", "64")
+        run_main("--data-path", str(tiny_data), "-b", "64", "--output-dir", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists(), "a failed start left its output folder behind"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_cuda_device_without_a_gpu_is_named(tiny_data):
+def test_cuda_device_without_a_gpu_is_named(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="--device cuda asked for, but torch sees no CUDA device"):
-        run_main("--data-path", str(tiny_data), "--device", "cuda")
+        run_main("--data-path", str(tiny_data), "--device", "cuda", "--output-dir", str(tmp_path))
 
 
-def test_bad_device_name_is_named(tiny_data):
+def test_bad_device_name_is_named(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="--device 'gpu0' is not a device"):
-        run_main("--data-path", str(tiny_data), "--device", "gpu0")
+        run_main("--data-path", str(tiny_data), "--device", "gpu0", "--output-dir", str(tmp_path))
 
 
 def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_data):
@@ -335,9 +337,8 @@ def test_weights_only_checkpoint_evaluates_but_does_not_resume(tmp_path, tiny_da
     (["--data-path", "d", "--init", "caffe"], dict(batch_size=128, init="caffe")),
 ])
 def test_defaults_depend_on_the_data_and_flags_win(flags, want):
-    args = get_args_parser().parse_args(flags)
-    resolve_args(args, None)
-    assert {key: getattr(args, key) for key in want} == want
+    config, _, _ = resolve(get_args_parser().parse_args(flags), None)
+    assert {key: getattr(config, key) for key in want} == want
 
 
 def test_piped_logs_are_plain_lines_with_1_based_epochs(tiny_data, tmp_path):
@@ -355,7 +356,7 @@ def test_piped_logs_are_plain_lines_with_1_based_epochs(tiny_data, tmp_path):
 def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(tiny_data, uninterrupted, tmp_path):
     shutil.copytree(uninterrupted, tmp_path / "run")
     with pytest.raises(SystemExit, match=f"--output-dir {tmp_path / 'run'} holds another run \\(checkpoint.pth, "
-                                         "model_best.pth, metrics.jsonl, args.json\\): give --resume"):
+                                         "model_best.pth, metrics.jsonl, args.json, tensorboard\\): give --resume"):
         run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path / "run"), "-b", "4")
     with pytest.raises(SystemExit, match="holds another run"):  # resuming another run's checkpoint into it
         run_main("--resume", str(uninterrupted / "checkpoint.pth"), "--output-dir", str(tmp_path / "run"))
@@ -386,9 +387,8 @@ def test_the_default_backend_is_torch_whatever_the_machine(monkeypatch):
     for cuda in (False, True):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         for flags in ([], ["--data-path", "d"]):
-            args = get_args_parser().parse_args(flags)
-            resolve_args(args, None)
-            assert args.kernels == "torch" and args.epochs == (7 if not flags else 90)
+            config, _, _ = resolve(get_args_parser().parse_args(flags), None)
+            assert config.kernels == "torch" and config.epochs == (7 if not flags else 90)
 
 
 def test_triton_on_the_cpu_needs_allow_interpreter(tiny_data, tmp_path):
@@ -399,8 +399,7 @@ def test_triton_on_the_cpu_needs_allow_interpreter(tiny_data, tmp_path):
 
 def test_resume_keeps_the_checkpoint_s_zeros_and_the_zeros_given_now():
     """0 is a value, not "not given": a checkpoint's --lighting-std 0 is kept, a --seed 0 given now wins."""
-    saved = vars(get_args_parser().parse_args(["--lighting-std", "0", "--seed", "7", "--no-lrn"]))
-    args = get_args_parser().parse_args(["--seed", "0"])
-    inherited, _ = resolve_args(args, saved)
-    assert (args.lighting_std, args.seed, args.no_lrn) == (0.0, 0, True)
+    saved, _, _ = resolve(get_args_parser().parse_args(["--lighting-std", "0", "--seed", "7", "--no-lrn"]), None)
+    config, inherited, _ = resolve(get_args_parser().parse_args(["--seed", "0"]), saved.as_dict())
+    assert (config.lighting_std, config.seed, config.no_lrn) == (0.0, 0, True)
     assert inherited["lighting_std"] == 0.0 and "seed" not in inherited
