@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.check import check_file
+from data.check import available_cpus, check_file
 from data.folder import PREPARED_MARKER, PREPARED_SIZE, PREPARED_VERSION, VAL_LABELS, DatasetError, load_splits
 from data.pil import open_rgb, resize_shorter
 
@@ -46,11 +46,6 @@ SAMPLE = 256  # images timed first for the estimate
 PARTIAL = ".partial"  # suffix of a file being written; not an image extension, so never read as one
 SPACE_MARGIN = 1.2  # free space wanted per estimated byte
 BAD_FILES = "bad_files.txt"
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask; a container's or a job's share)."""
-    return len(os.sched_getaffinity(0))
 
 
 def prepare_image(source: str | Path, quality: int = DEFAULT_QUALITY):
