@@ -44,7 +44,7 @@ from tqdm import tqdm
 import kernels
 from alexnet import checkpoint, distributed
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
-from data.check import quick_check_all
+from data.check import available_cpus, quick_check_all
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
 from data.pil import PilLoader
@@ -130,7 +130,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"plateau: epochs without improvement before dividing (default: 2{resumed})")
     p.add_argument("--lr-step-size", default=None, type=POSITIVE_INT,
                    help=f"step: epochs between divisions (default: 30; 4 on the embedded dataset{resumed})")
-    p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
+    p.add_argument("-j", "--workers", default=available_cpus(), type=POSITIVE_INT,
+                   help=f"data-loading threads and processes (default: {available_cpus()}, the CPUs this process may use)")
     p.add_argument("--output-dir", default="output",
                    help="the run's folder: args.json, metrics.jsonl, checkpoint.pth, model_best.pth (default: output)")
     p.add_argument("--overwrite", action="store_true",
@@ -505,7 +506,8 @@ def train(run: Run, train_samples: list, val_loader, Loader) -> dict | None:
     while run.epoch < args.epochs and not stopped:
         plan = train_plan(train_samples, args.batch_size, args.seed, run.epoch, lighting_std=args.lighting_std,
                           **layout.shard())
-        loader = Loader(plan, args.batch_size, layout.device, args.workers, start_batch=run.step_in_epoch)
+        loader = Loader(plan, args.batch_size, layout.device, args.workers, run.step_in_epoch,
+                        AMP_DTYPES.get(args.amp, torch.float32))  # --amp's dtype: no cast before conv1
         steps = loader.start_batch + len(loader)
 
         def on_step(step):
@@ -571,7 +573,8 @@ def main(args) -> dict | None:
     model = AlexNet(num_classes=len(classes), kernels=args.kernels, init=args.init, **model_options(args))
     run = Run(args, layout, model.to(layout.device), classes)
     Loader = loader_class(args.data_loader)
-    val_loader = Loader(val_plan(val_samples, **layout.shard()), args.batch_size, layout.device, args.workers)
+    val_loader = Loader(val_plan(val_samples, **layout.shard()), args.batch_size, layout.device, args.workers,
+                        dtype=AMP_DTYPES.get(args.amp, torch.float32))
     print(f"data: {root} ({len(classes)} classes, {len(train_samples)} train / {len(val_samples)} val images); "
           f"device: {layout.device}; amp: {args.amp}")
     if resumed is not None:
