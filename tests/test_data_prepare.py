@@ -218,9 +218,9 @@ def test_images_come_in_the_run_s_dtype_channels_last(prepared):
 def test_files_are_read_and_checked_off_the_training_thread(prepared, monkeypatch):
     main_pid, read = os.getpid(), data.dali._read
 
-    def read_elsewhere(path, prepared):
+    def read_elsewhere(*args):
         assert os.getpid() != main_pid, "a file was read in the training process"
-        return read(path, prepared)
+        return read(*args)
     monkeypatch.setattr(data.dali, "_read", read_elsewhere)  # the fork-started workers inherit it
     _, train, _ = load_splits(prepared)
     plan = train_plan(train, 2, seed=0, epoch=0)
