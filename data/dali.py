@@ -61,8 +61,9 @@ def _read(path: str, prepared: bool) -> np.ndarray:
 
 
 class _PlanSource:
-    """DALI external source, run in worker processes: batch i of the plan as (encoded files, labels,
-    means), then, unless the plan is ten-crop, (crop x, crop y, mirror)."""
+    """DALI external source, run in worker processes: batch i of the plan as (encoded files, one
+    (B, 7) float32 array of each sample's label, mean RGB, crop x, crop y and mirror). One array for
+    the six small fields, not six lists of B: handing each array over costs the training thread."""
 
     def __init__(self, plan: EpochPlan, batch_size: int, start_batch: int, prepared: bool):
         self.plan, self.batch_size, self.start_batch, self.prepared = plan, batch_size, start_batch, prepared
@@ -73,11 +74,8 @@ class _PlanSource:
             raise StopIteration
         rows = range(lo, min(lo + self.batch_size, len(self.plan)))
         p = self.plan
-        out = ([_read(p.paths[i], self.prepared) for i in rows], [p.labels[i:i + 1] for i in rows],
-               [p.mean[i] for i in rows])
-        if p.ten_crop:
-            return out
-        return *out, *([np.asarray(column[i]) for i in rows] for column in (p.crop_x, p.crop_y, p.mirror))
+        fields = np.column_stack([p.labels[rows], p.mean[rows], p.crop_x[rows], p.crop_y[rows], p.mirror[rows]])
+        return [_read(p.paths[i], self.prepared) for i in rows], fields.astype(np.float32)
 
 
 def hw_decoder_load(device: torch.device) -> float:
@@ -87,8 +85,10 @@ def hw_decoder_load(device: torch.device) -> float:
 
 @pipeline_def
 def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, source_depth: int):
-    encoded, labels, mean, *placement = fn.external_source(source=source, num_outputs=3 if ten_crop else 6, batch=True,
-                                                           parallel=True, prefetch_queue_depth=source_depth)
+    encoded, fields = fn.external_source(source=source, num_outputs=2, batch=True, parallel=True,
+                                         prefetch_queue_depth=source_depth)
+    labels, mean = fn.cast(fields[0:1], dtype=types.INT64), fields[1:4]  # labels < 2^24: exact in float32
+    crop_x, crop_y, mirror = fields[4], fields[5], fn.cast(fields[6], dtype=types.INT32)
     normalize = dict(dtype=dtype, output_layout="HWC", mean=mean, std=[1.0, 1.0, 1.0])
     if ten_crop:
         images = fn.decoders.image(encoded, **decoder)
@@ -97,7 +97,6 @@ def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, sour
         crops = [fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=x, crop_pos_y=y, mirror=m, **normalize)
                  for x, y, m in TEN_CROPS]
         return fn.stack(*crops, axis=0), labels
-    crop_x, crop_y, mirror = placement
     if prepared:  # nothing to resample: decode the crop's window alone, then flip
         images = fn.decoders.image_crop(encoded, crop=(CROP, CROP), crop_pos_x=crop_x, crop_pos_y=crop_y, **decoder)
         return fn.crop_mirror_normalize(images, mirror=mirror, **normalize), labels
