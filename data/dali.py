@@ -34,6 +34,10 @@ from data.folder import PREPARED_SIZE, DatasetError
 from data.plans import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, PlanLoader, bad_files_error, find_bad_files
 
 PREFETCH = 2  # batches DALI prepares ahead: a decode error is looked for in them too
+# Decoding threads per reading process: reading and checking a file takes ~40 us here, decoding and
+# augmenting it 0.7-2 ms, and each process holds its batches in shared memory (and, started by spawn
+# on a GPU machine, takes seconds to start), so a few readers feed many decoders.
+THREADS_PER_READER = 4
 # Share of the JPEG work nvJPEG gives the GPU's hardware decoder, by compute capability; GPUs without
 # one (V100, the sm_86/sm_89 cards but the L4, ...) ignore it. 0.65 is DALI's default, tuned on the
 # A100 (one 5-core decoder); the H100/H200 have seven decoder engines, so take a larger share there.
@@ -111,8 +115,8 @@ def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, sour
 class DaliLoader(PlanLoader):
     """Iterates (images, labels (B,) int64) on `device` for one plan, starting at batch `start_batch`
     (to resume mid-epoch). Images are (B, 3, 227, 227), or (B, 10, 3, 227, 227) for a ten-crop plan,
-    of `dtype`, channels_last. The last batch may be smaller. `workers` DALI threads decode, and as
-    many processes read and check the files.
+    of `dtype`, channels_last. The last batch may be smaller. `workers` DALI threads decode, and one
+    process per THREADS_PER_READER of them (at least one) reads and checks the files.
 
     A file the decoder rejects, or one removed or changed since the pre-flight check, stops the epoch
     with a DatasetError naming it (found by decoding the failing batches' files with PIL);
@@ -127,7 +131,7 @@ class DaliLoader(PlanLoader):
         pipe = _pipeline(source, self.plan.ten_crop, self.prepared, DALI_DTYPES[self.dtype],
                          dict(output_type=types.RGB, **decoder), self._source_depth(),
                          batch_size=self.batch_size, num_threads=self.workers, prefetch_queue_depth=PREFETCH,
-                         device_id=(self.device.index or 0) if gpu else None, seed=0, py_num_workers=self.workers,
+                         device_id=(self.device.index or 0) if gpu else None, seed=0, py_num_workers=self._readers(),
                          # fork is quick, but not once CUDA is set up in this process
                          py_start_method="spawn" if gpu or torch.cuda.is_initialized() else "fork")
         batch = self.start_batch
@@ -147,9 +151,12 @@ class DaliLoader(PlanLoader):
             yield images.to(self.dtype), out["labels"].view(-1).to(self.device)
             batch += 1
 
+    def _readers(self) -> int:
+        return -(-self.workers // THREADS_PER_READER)
+
     def _source_depth(self) -> int:
-        """Batches the worker processes prepare ahead: one each keeps them all busy."""
-        return max(PREFETCH, self.workers)
+        """Batches the reading processes prepare ahead: one each keeps them all busy."""
+        return max(PREFETCH, self._readers())
 
     def _decode_error(self, batch: int, error: Exception) -> DatasetError:
         """The error to raise when DALI failed on batch `batch` (or one it prefetched)."""
