@@ -75,7 +75,8 @@ def first_batch(plan, loader, device, workers=WORKERS, batch=BATCH):
 
 def the_rest(batches, device):
     """Drain `batches` (the steady state, timed by the caller); (the last batch's shape, the training
-    thread's CPU seconds per batch)."""
+    thread's CPU seconds per batch: in the calls that return one, so not the pipeline's teardown at
+    the end of the epoch, paid once per epoch)."""
     thread_seconds, count = 0.0, 0
     while True:
         start = time.thread_time()
