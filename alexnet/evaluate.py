@@ -110,7 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
     p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS, help="backend to run on (default: torch)")
     p.add_argument("-j", "--workers", default=available_cpus(), type=POSITIVE_INT,
-                   help=f"data-loading threads and processes (default: {available_cpus()}, the CPUs this process may use)")
+                   help=f"data-loading threads (default: {available_cpus()}, the CPUs this process may use)")
     p.add_argument("--exclude-list", default=None,
                    help="leave out the files this list names (written by python -m data.check ROOT)")
     p.add_argument("--json", metavar="FILE", help="also write the summary (and the confusion matrix) as JSON")

@@ -131,7 +131,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-step-size", default=None, type=POSITIVE_INT,
                    help=f"step: epochs between divisions (default: 30; 4 on the embedded dataset{resumed})")
     p.add_argument("-j", "--workers", default=available_cpus(), type=POSITIVE_INT,
-                   help=f"data-loading threads and processes (default: {available_cpus()}, the CPUs this process may use)")
+                   help=f"data-loading threads (default: {available_cpus()}, the CPUs this process may use)")
     p.add_argument("--output-dir", default="output",
                    help="the run's folder: args.json, metrics.jsonl, checkpoint.pth, model_best.pth (default: output)")
     p.add_argument("--overwrite", action="store_true",

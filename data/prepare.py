@@ -88,7 +88,9 @@ def _estimate(done: int, seconds: float, nbytes: int, workers: int, remaining: i
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _marker(quality: int, complete: bool, images: int = 0, bad: int = 0) -> str:
@@ -167,14 +169,16 @@ def _finish(source: Path, destination: Path, quality: int, images: int, bad: lis
         lines = [line for line in labels.read_text().splitlines(keepends=True)
                  if not line.split() or line.split()[0] not in skipped]
         _write_atomic(destination / VAL_LABELS, "".join(lines))
-    _write_atomic(destination / PREPARED_MARKER, _marker(quality, complete=True, images=images - len(bad), bad=len(bad)))
+    _write_atomic(destination / PREPARED_MARKER,
+                  _marker(quality, complete=True, images=images - len(bad), bad=len(bad)))
 
 
 def main(argv=None) -> int:
     cpus = available_cpus()
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="SRC", help="dataset folder (train/<class>/*, val/<class>/* or val/* + val_labels.txt)")
+    p.add_argument("source", metavar="SRC",
+                   help="dataset folder (train/<class>/*, val/<class>/* or val/* + val_labels.txt)")
     p.add_argument("destination", metavar="DST", help="where to write the prepared dataset (new, empty, or an "
                                                       "earlier data.prepare run's to finish it)")
     p.add_argument("-j", "--workers", type=int, default=cpus,

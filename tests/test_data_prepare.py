@@ -97,7 +97,8 @@ def test_bad_files_are_named_listed_and_skipped_with_a_flat_val(tmp_path, capsys
     rng = np.random.default_rng(2)
     src = make_folder(tmp_path / "src", {"train/a/0.JPEG": smooth_image(rng, 300, 260),
                                          "train/b/0.JPEG": smooth_image(rng, 260, 300),
-                                         "val/x.JPEG": smooth_image(rng, 280, 280), "val/y.JPEG": smooth_image(rng, 290, 270)},
+                                         "val/x.JPEG": smooth_image(rng, 280, 280),
+                                         "val/y.JPEG": smooth_image(rng, 290, 270)},
                       labels="x.JPEG a\ny.JPEG b\nbad.JPEG a\n")
     (src / "val/bad.JPEG").write_text("not an image\n")
     data = (src / "train/a/0.JPEG").read_bytes()
@@ -110,7 +111,8 @@ def test_bad_files_are_named_listed_and_skipped_with_a_flat_val(tmp_path, capsys
     listed = (tmp_path / "dst/bad_files.txt").read_text()
     assert "val/bad.JPEG\tnot an image" in listed and "train/a/cut.JPEG\ttruncated" in listed, listed
     classes, train, val = load_splits(tmp_path / "dst")
-    assert classes == ["a", "b"] and len(train) == 2 and [(Path(p).name, c) for p, c in val] == [("x.JPEG", 0), ("y.JPEG", 1)]
+    assert classes == ["a", "b"] and len(train) == 2
+    assert [(Path(p).name, c) for p, c in val] == [("x.JPEG", 0), ("y.JPEG", 1)]
     assert json.loads((tmp_path / "dst" / PREPARED_MARKER).read_text())["bad"] == 2
 
 
