@@ -250,3 +250,26 @@ def test_training_and_evaluation_on_prepared_data(prepared, tmp_path, capsys):
     assert "stopped after 2 steps" in capsys.readouterr().out
     result = evaluate_checkpoint(tmp_path / "checkpoint.pth", prepared, batch_size=4, ten_crop=True)
     assert sum(c["images"] for c in result["per_class"]) == 4 and 0 <= result["top1"] <= 100, result
+
+
+def test_exact_order_and_mid_epoch_resume_on_prepared_data(prepared):
+    _, train, _ = load_splits(prepared)
+    plan = train_plan(train, 2, seed=7, epoch=2)
+    full = list(DaliLoader(plan, 2, workers=2))
+    assert torch.cat([y for _, y in full]).tolist() == plan.labels.tolist(), "batches out of the plan's order"
+    resumed = list(DaliLoader(plan, 2, workers=2, start_batch=4))
+    assert len(resumed) == len(full) - 4
+    for (x0, y0), (x1, y1) in zip(full[4:], resumed):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_readers_started_by_spawn_give_the_same_batches(prepared, monkeypatch):
+    """On a GPU machine the reading processes are spawned (CUDA is set up): the source must pickle."""
+    _, train, _ = load_splits(prepared)
+    plan = train_plan(train, 4, seed=1, epoch=0)
+    forked = list(DaliLoader(plan, 4, workers=2))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    spawned = list(DaliLoader(plan, 4, workers=2))
+    assert len(spawned) == len(forked) == 3
+    for (x0, y0), (x1, y1) in zip(forked, spawned):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
