@@ -38,10 +38,10 @@ PREFETCH = 2  # batches DALI prepares ahead: a decode error is looked for in the
 # augmenting it 0.7-2 ms, and each process holds its batches in shared memory (and, started by spawn
 # on a GPU machine, takes seconds to start), so a few readers feed many decoders.
 THREADS_PER_READER = 4
-# Share of the JPEG work nvJPEG gives the GPU's hardware decoder, by compute capability; GPUs without
-# one (V100, the sm_86/sm_89 cards but the L4, ...) ignore it. 0.65 is DALI's default, tuned on the
-# A100 (one 5-core decoder); the H100/H200 have seven decoder engines, so take a larger share there.
-# Starting values, not measured here: bench/test_data_pipeline.py's cuda case is the way to tune them.
+# Share of the JPEG work nvJPEG gives the GPU's hardware JPEG decoder, by compute capability (GPUs
+# without one ignore it). 0.65 is DALI's default, tuned on the A100 (sm_80); the H100/H200 (sm_90) have
+# seven decoder engines, so they take a larger share. Starting values, not measured here:
+# bench/test_data_pipeline.py's cuda cases are the way to tune them.
 HW_DECODER_LOAD = {(8, 0): 0.65, (9, 0): 0.9}
 DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT16}
 
@@ -58,9 +58,11 @@ def _read(path: str, prepared: bool) -> np.ndarray:
         raise bad_files_error([f"{path}: unreadable: {e.strerror or e}"]) from e
     if reason := quick_check(path, data):
         raise bad_files_error([f"{path}: {reason}"])
-    if prepared and (size := Image.open(io.BytesIO(data)).size) != (PREPARED_SIZE, PREPARED_SIZE):
-        raise bad_files_error([f"{path}: {size[0]}x{size[1]} in a prepared dataset, whose images are "
-                               f"{PREPARED_SIZE}x{PREPARED_SIZE}"])
+    if prepared:
+        with Image.open(io.BytesIO(data)) as image:  # the header only
+            if image.size != (PREPARED_SIZE, PREPARED_SIZE):
+                raise bad_files_error([f"{path}: {image.width}x{image.height} in a prepared dataset, whose "
+                                       f"images are {PREPARED_SIZE}x{PREPARED_SIZE}"])
     return np.frombuffer(data, dtype=np.uint8)
 
 

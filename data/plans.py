@@ -44,8 +44,8 @@ EIGVAL = np.array([0.2175, 0.0188, 0.0045])
 EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                    [-0.5808, -0.0045, -0.8140],
                    [-0.5836, -0.6948, 0.4203]])
-PIXEL_SCALE = 255.0
-IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the pipeline's pixels are 0..255, the PCA's 0..1
+PIXEL_SCALE = 255.0  # the pipeline's pixels are 0..255, the PCA's 0..1
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the loaders can deliver
 # Ten-crop: (crop_pos_x, crop_pos_y, mirror) of crops 0-9, as fractions of the slack.
 TEN_CROPS = [(x, y, m) for m in (0, 1) for x, y in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))]
 
