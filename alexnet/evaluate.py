@@ -23,6 +23,7 @@ import kernels
 from alexnet.checkpoint import CheckpointError
 from alexnet.cli import DEVICE_HELP, POSITIVE_INT, check_output_file, resolve_device, topk_hits
 from alexnet.inference import Trained, check_classes, load_trained
+from data.check import available_cpus
 from data.dali import DaliLoader
 from data.plans import val_plan
 from data.embedded import ensure_embedded
@@ -108,7 +109,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per batch (ten-crop runs ten times as many crops) (default: 64)")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--kernels", default="torch", choices=kernels.BACKENDS, help="backend to run on (default: torch)")
-    p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
+    p.add_argument("-j", "--workers", default=available_cpus(), type=POSITIVE_INT,
+                   help=f"data-loading threads (default: {available_cpus()}, the CPUs this process may use)")
     p.add_argument("--exclude-list", default=None,
                    help="leave out the files this list names (written by python -m data.check ROOT)")
     p.add_argument("--json", metavar="FILE", help="also write the summary (and the confusion matrix) as JSON")

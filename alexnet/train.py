@@ -59,7 +59,7 @@ from alexnet.cli import COUNT, DEVICE_HELP, NON_NEGATIVE, POSITIVE, POSITIVE_INT
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
 from alexnet.run_folder import ARGS, BEST, CHECKPOINT, METRICS, FolderError, RunFolder, append_metrics, \
     keep_metrics_until
-from data.check import quick_check_all
+from data.check import available_cpus, quick_check_all
 from data.embedded import ensure_embedded
 from data.folder import DatasetError, load_splits
 from data.pil import PilLoader
@@ -172,7 +172,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"plateau: epochs without improvement before dividing (default: 2{resumed})")
     p.add_argument("--lr-step-size", default=unset, type=POSITIVE_INT,
                    help=f"step: epochs between divisions (default: 30; 4 on the embedded dataset{resumed})")
-    p.add_argument("-j", "--workers", default=2, type=POSITIVE_INT, help="data-loading threads (default: 2)")
+    p.add_argument("-j", "--workers", default=available_cpus(), type=POSITIVE_INT,
+                   help=f"data-loading threads (default: {available_cpus()}, the CPUs this process may use)")
     p.add_argument("--output-dir", default="output",
                    help="the run's folder: args.json, metrics.jsonl, checkpoint.pth, model_best.pth (default: output)")
     p.add_argument("--overwrite", action="store_true",
@@ -548,7 +549,8 @@ class Run:
         while self.epoch < config.epochs:
             plan = train_plan(self.data.train, config.batch_size, config.seed, self.epoch,
                               lighting_std=config.lighting_std, **layout.shard())
-            loader = Loader(plan, config.batch_size, layout.device, config.workers, start_batch=self.step_in_epoch)
+            loader = Loader(plan, config.batch_size, layout.device, config.workers, self.step_in_epoch,
+                            AMP_DTYPES.get(config.amp, torch.float32))  # --amp's dtype: no cast before conv1
             steps = loader.start_batch + len(loader)
             log = StepLog(self.epoch + 1, config.epochs, steps, loader.start_batch, config.print_freq, layout.device)
             stopped = self.train_epoch(loader, log, steps)
@@ -630,7 +632,8 @@ def evaluate_resumed(config: Config, layout, state: dict) -> dict:
     run = Run(config, layout, model.to(layout.device), data)
     run.restore(state, lr_given=False, data_given=True)
     val_loader = loader_class(config.data_loader)(val_plan(data.val, **layout.shard()), config.batch_size,
-                                                  layout.device, config.workers)
+                                                  layout.device, config.workers,
+                                                  dtype=AMP_DTYPES.get(config.amp, torch.float32))
     print(f"evaluating {config.resume}")
     metrics = evaluate(run.net, val_loader, autocast=run.autocast, reduce=layout.sum_over_replicas)
     print(f"val: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, top-5 {metrics['top5']:.2f} %")
@@ -653,7 +656,8 @@ def train(config: Config, layout, resumed: dict | None, lr_given: bool, data_giv
     model = AlexNet(num_classes=len(data.classes), kernels=config.kernels, init=config.init, **config.model_options)
     run = Run(config, layout, model.to(layout.device), data)
     Loader = loader_class(config.data_loader)
-    val_loader = Loader(val_plan(data.val, **layout.shard()), config.batch_size, layout.device, config.workers)
+    val_loader = Loader(val_plan(data.val, **layout.shard()), config.batch_size, layout.device, config.workers,
+                        dtype=AMP_DTYPES.get(config.amp, torch.float32))
     print(f"data: {data.root} ({len(data.classes)} classes, {len(data.train)} train / {len(data.val)} val images); "
           f"device: {layout.device}; amp: {config.amp}")
     if resumed is not None:

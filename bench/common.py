@@ -29,6 +29,7 @@ from importlib.metadata import version
 import torch
 
 from bench.costs import GPUS, gpu_key
+from data.check import available_cpus as usable_cpus  # noqa: F401  (re-exported: bench.report uses it)
 from kernels.interpret import interpreting
 
 # GPU -> (substrings of torch.cuda.get_device_name() that name it, peak HBM bandwidth in bytes/s)
@@ -96,11 +97,6 @@ def time_ms(fn, device: torch.device, rounds: int | None = None, graph: bool = T
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return dict(ms=statistics.median(times), host_ms=statistics.median(times), method="wall clock (CPU), median")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: in a container os.cpu_count() is the host's (possibly hundreds)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def tile_name(config) -> str | None:

@@ -1,32 +1,45 @@
-"""Images per second of the DALI and the PIL loaders on the same files and cores, in one run.
+"""Images per second of the data loaders, on ImageNet-sized JPEGs and on the same images prepared, in one run.
 
     pytest bench/test_data_pipeline.py --benchmark-only
 
-Both run the paper's train transform (decode, shorter side to 256, random 227 crop, flip, PCA
-lighting, mean subtraction, CHW float32) on the same plan: the 640 JPEGs of a small embedded dataset
-(160-400 px a side, generated into a temporary folder), each twice, batch 128, with as many DALI
-threads / DataLoader worker processes as the process may use cores. A round times the steady state:
-everything after the first batch, which pays for building the pipeline or starting the workers
-(that start-up time is recorded as extra_info["startup_s"]). make_plan, first_batch and the_rest are
-bench.report's code path too. On a GPU machine a third case decodes
-and augments on the GPU (DALI's "mixed" decoder). extra_info: img_per_s, startup_s, workers, device.
+Every case runs the paper's train transform (decode, shorter side to 256, random 227 crop, flip, PCA
+lighting, mean subtraction, float32 channels_last) at batch 128 on one of two versions of the same
+images: "original", 320 JPEGs of 500x375 (ImageNet's typical size; the embedded dataset's textures
+scaled up, quality 90), each twice; "prepared", the same JPEGs after `python -m data.prepare`
+(256x256: the loader decodes only the crop's window and does not resize). DALI on the CPU with 1 and
+with 2 threads (and as many reading processes), so the per-thread rate is read off directly; PIL with
+a DataLoader process per core on the original images as the baseline; on a GPU machine DALI's "mixed"
+decoder on both versions.
+
+A round times the steady state: everything after the first batch, which pays for building the
+pipeline or starting the workers (recorded as extra_info["startup_s"]). extra_info also records
+img_per_s and train_thread_ms: the CPU time the training thread spends in the loader per batch
+(time.thread_time around each batch: the reading, checking and decoding the workers do is not in it,
+the copy of the batch out of DALI is). make_plan, first_batch and the_rest are bench.report's code path too.
 """
 
 import time
 
 import pytest
 import torch
+from PIL import Image
 
-from bench.common import usable_cpus
+from data.check import available_cpus
 from data.dali import DaliLoader
-from data.plans import train_plan
 from data.embedded import write_dataset
 from data.folder import load_splits
 from data.pil import PilLoader
+from data.plans import train_plan
+from data.prepare import prepare_dataset
 
-BATCH, PER_CLASS, REPEAT, ROUNDS = 128, 64, 2, 3
-WORKERS = usable_cpus()
-CASES = [("dali", "cpu"), ("pil", "cpu")] + ([("dali", "cuda")] if torch.cuda.is_available() else [])
+BATCH, PER_CLASS, REPEAT, ROUNDS = 128, 64, 2, 3  # the embedded dataset's 10 classes: 640 images a plan
+ORIGINAL_SIZE = (500, 375)
+ORIGINAL_QUALITY = 90
+WORKERS = available_cpus()
+GPU = torch.cuda.is_available()
+CASES = ([("dali", "cpu", images, threads) for images in ("original", "prepared") for threads in (1, 2)]
+         + [("pil", "cpu", "original", WORKERS)]
+         + [("dali", "cuda", images, WORKERS) for images in ("original", "prepared") if GPU])
 
 
 def make_plan(root, per_class=PER_CLASS, repeat=REPEAT, batch=BATCH):
@@ -34,6 +47,22 @@ def make_plan(root, per_class=PER_CLASS, repeat=REPEAT, batch=BATCH):
     write_dataset(root, {"train": per_class, "val": 1})
     _, train, _ = load_splits(root)
     return train_plan(train * repeat, batch, seed=0, epoch=0)
+
+
+def make_plans(root, per_class=PER_CLASS // 2, repeat=REPEAT, batch=BATCH) -> dict:
+    """{"original": the plan of `per_class` images a class at ORIGINAL_SIZE, "prepared": the same plan
+    on those images prepared by data.prepare}, each image `repeat` times."""
+    original = root / "original"
+    write_dataset(original, {"train": per_class, "val": 1})
+    for path in original.rglob("*.JPEG"):
+        with Image.open(path) as image:
+            image.resize(ORIGINAL_SIZE, Image.BICUBIC).save(path, format="JPEG", quality=ORIGINAL_QUALITY)
+    prepare_dataset(original, root / "prepared", WORKERS, progress=False)
+    plans = {}
+    for name in ("original", "prepared"):
+        _, train, _ = load_splits(root / name)
+        plans[name] = train_plan(train * repeat, batch, seed=0, epoch=0)
+    return plans
 
 
 def first_batch(plan, loader, device, workers=WORKERS, batch=BATCH):
@@ -45,31 +74,48 @@ def first_batch(plan, loader, device, workers=WORKERS, batch=BATCH):
 
 
 def the_rest(batches, device):
-    """Drain `batches` (the steady state, timed by the caller); the last batch's shape."""
-    for images, _ in batches:
-        pass
+    """Drain `batches` (the steady state, timed by the caller); (the last batch's shape, the training
+    thread's CPU seconds per batch: in the calls that return one, so not the pipeline's teardown at
+    the end of the epoch, paid once per epoch)."""
+    thread_seconds, count = 0.0, 0
+    while True:
+        start = time.thread_time()
+        try:
+            images, _ = next(batches)
+        except StopIteration:
+            break
+        thread_seconds += time.thread_time() - start
+        count += 1
     if device == "cuda":
         torch.cuda.synchronize()
-    return tuple(images.shape)
+    return tuple(images.shape), thread_seconds / count
 
 
 @pytest.fixture(scope="module")
-def plan(tmp_path_factory):
-    return make_plan(tmp_path_factory.mktemp("bench-data"))
+def plans(tmp_path_factory):
+    return make_plans(tmp_path_factory.mktemp("bench-data"))
 
 
-@pytest.mark.parametrize("loader,device", CASES, ids=[f"{name}-{device}" for name, device in CASES])
-def test_data_pipeline(benchmark, plan, loader, device):
-    startup = []
+@pytest.mark.parametrize("loader,device,images,threads", CASES, ids=[f"{loader}-{device}-{images}-{threads}t"
+                                                                     for loader, device, images, threads in CASES])
+def test_data_pipeline(benchmark, plans, loader, device, images, threads):
+    plan, startup, thread_time = plans[images], [], []
 
     def setup():
-        batches, seconds = first_batch(plan, loader, device)
+        batches, seconds = first_batch(plan, loader, device, threads)
         startup.append(seconds)
         return (batches, device), {}
 
+    def run(batches, device):
+        shape, seconds = the_rest(batches, device)
+        thread_time.append(seconds)
+        return shape
+
     benchmark.group = "data pipeline (paper's train transform)"
-    shape = benchmark.pedantic(the_rest, setup=setup, rounds=ROUNDS, warmup_rounds=1)
+    shape = benchmark.pedantic(run, setup=setup, rounds=ROUNDS, warmup_rounds=1)
     assert shape == (BATCH, 3, 227, 227)
-    benchmark.extra_info.update(loader=loader, device=device, workers=WORKERS, batch=BATCH, images=len(plan) - BATCH,
-                                img_per_s=(len(plan) - BATCH) / benchmark.stats.stats.median,
+    steady = len(plan) - BATCH
+    benchmark.extra_info.update(loader=loader, device=device, dataset=images, workers=threads, batch=BATCH,
+                                img_per_s=steady / benchmark.stats.stats.median,
+                                train_thread_ms=1e3 * sorted(thread_time)[len(thread_time) // 2],
                                 startup_s=sorted(startup)[len(startup) // 2])

@@ -32,6 +32,11 @@ DALI_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "JPEG2000", "WEBP"}
 QUICK_IN_PROCESS = 2000  # quick_check_all starts processes for more files than this
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or a job's share, not the machine's)."""
+    return len(os.sched_getaffinity(0))
+
+
 def check_file(path: str | Path) -> str | None:
     """Why `path` cannot be trained on, or None if it decodes."""
     try:
@@ -105,8 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("root", help="dataset folder (train/<class>/*, val/...)")
     p.add_argument("-o", "--output", default="bad_files.txt",
                    help="where to write the list of bad files (default: bad_files.txt)")
-    p.add_argument("-j", "--workers", type=int, default=os.cpu_count(),
-                   help=f"decoding processes (default: {os.cpu_count()}, the CPU count)")
+    p.add_argument("-j", "--workers", type=int, default=available_cpus(),
+                   help=f"decoding processes (default: {available_cpus()}, the CPUs this process may use)")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"-j/--workers must be >= 1, got {args.workers}")

@@ -5,47 +5,74 @@
     val:      decode, shorter side to 256, centre 227x227 crop, mean subtraction
     ten-crop: decode, shorter side to 256, ten 227x227 crops, mean subtraction
 
-Decoding runs on the GPU ("mixed") when the loader's device is CUDA, on the CPU otherwise. Images
-come out as float32 CHW on the 0..255 scale minus the per-channel mean (no division by a std).
+On a dataset `python -m data.prepare` made (its images are already 256x256) there is no resize, and
+the one-crop transforms decode only the crop's window (DALI's region-of-interest decode: exact, since
+nothing is resampled); ten-crop decodes the whole image once.
 
-The samples, crops, flips and lighting of an epoch come from a data.plans plan (seeded,
-shardable, resumable mid-epoch); `data.pil.PilLoader` runs the same plans through PIL.
+Decoding runs on the GPU ("mixed": nvJPEG, with the share of the hardware JPEG decoder below) when
+the loader's device is CUDA, on the CPU otherwise. Images come out on the 0..255 scale minus the
+per-channel mean (no division by a std), in the dtype asked for (float32; float16 or bfloat16 for
+mixed precision: DALI writes float16, and bfloat16 is cast from it on the loader's device, as DALI has
+no bfloat16) and in channels_last memory (NCHW shape, NHWC strides), the layout conv1 reads.
+
+Reading and checking the files runs in worker processes (DALI's parallel external source), never in
+the training thread. The samples, crops, flips and lighting of an epoch come from a data.plans plan
+(seeded, shardable, resumable mid-epoch); `data.pil.PilLoader` runs the same plans through PIL.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
+import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
+from PIL import Image
 
 from data.check import quick_check
-from data.folder import DatasetError
+from data.folder import PREPARED_SIZE, DatasetError
 from data.plans import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, PlanLoader, bad_files_error, find_bad_files
 
 PREFETCH = 2  # batches DALI prepares ahead: a decode error is looked for in them too
+# Decoding threads per reading process: reading and checking a file takes ~40 us here, decoding and
+# augmenting it 0.7-2 ms, and each process holds its batches in shared memory (and, started by spawn
+# on a GPU machine, takes seconds to start), so a few readers feed many decoders.
+THREADS_PER_READER = 4
+# Share of the JPEG work nvJPEG gives the GPU's hardware JPEG decoder, by compute capability (GPUs
+# without one ignore it). 0.65 is DALI's default, tuned on the A100 (sm_80); the H100/H200 (sm_90) have
+# seven decoder engines, so they take a larger share. Starting values, not measured here:
+# bench/test_data_pipeline.py's cuda cases are the way to tune them.
+HW_DECODER_LOAD = {(8, 0): 0.65, (9, 0): 0.9}
+DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16, torch.bfloat16: types.FLOAT16}
 
 
-def _read(path: str) -> np.ndarray:
-    """The bytes of the file at `path`, once its header shows an image DALI's decoder takes.
-    DALI 2.4's CPU decoder can crash the process (SIGSEGV in a worker thread) on a file whose header
-    it cannot parse, such as a text file or a cut-off header, instead of raising an error: such a
-    file must never reach it. A file whose header is whole but whose data is not fails in DALI with
-    an error, which the loader turns into one naming the file."""
+def _read(path: str, prepared: bool) -> np.ndarray:
+    """The bytes of the file at `path`, once its header shows an image DALI's decoder takes (and, for
+    a prepared dataset, a 256x256 one). DALI 2.4's CPU decoder can crash the process (SIGSEGV in a
+    worker thread) on a file whose header it cannot parse, such as a text file or a cut-off header,
+    instead of raising an error: such a file must never reach it. A file whose header is whole but
+    whose data is not fails in DALI with an error, which the loader turns into one naming the file."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise bad_files_error([f"{path}: unreadable: {e.strerror or e}"]) from e
     if reason := quick_check(path, data):
         raise bad_files_error([f"{path}: {reason}"])
+    if prepared:
+        with Image.open(io.BytesIO(data)) as image:  # the header only
+            if image.size != (PREPARED_SIZE, PREPARED_SIZE):
+                raise bad_files_error([f"{path}: {image.width}x{image.height} in a prepared dataset, whose "
+                                       f"images are {PREPARED_SIZE}x{PREPARED_SIZE}"])
     return np.frombuffer(data, dtype=np.uint8)
 
 
 class _PlanSource:
-    """DALI external source: batch i of the plan as (encoded files, labels, means), then, unless the
-    plan is ten-crop, (crop x, crop y, mirror)."""
+    """DALI external source, run in worker processes: batch i of the plan as (encoded files, one
+    (B, 7) float32 array of each sample's label, mean RGB, crop x, crop y and mirror). One array for
+    the six small fields, not six lists of B: handing each array over costs the training thread."""
 
-    def __init__(self, plan: EpochPlan, batch_size: int, start_batch: int):
-        self.plan, self.batch_size, self.start_batch = plan, batch_size, start_batch
+    def __init__(self, plan: EpochPlan, batch_size: int, start_batch: int, prepared: bool):
+        self.plan, self.batch_size, self.start_batch, self.prepared = plan, batch_size, start_batch, prepared
 
     def __call__(self, iteration: int):
         lo = (self.start_batch + iteration) * self.batch_size
@@ -53,65 +80,90 @@ class _PlanSource:
             raise StopIteration
         rows = range(lo, min(lo + self.batch_size, len(self.plan)))
         p = self.plan
-        out = ([_read(p.paths[i]) for i in rows], [p.labels[i:i + 1] for i in rows],
-               [p.mean[i] for i in rows])
-        if p.ten_crop:
-            return out
-        return *out, [p.crop_x[i] for i in rows], [p.crop_y[i] for i in rows], [p.mirror[i] for i in rows]
+        fields = np.column_stack([p.labels[rows], p.mean[rows], p.crop_x[rows], p.crop_y[rows], p.mirror[rows]])
+        return [_read(p.paths[i], self.prepared) for i in rows], fields.astype(np.float32)
+
+
+def hw_decoder_load(device: torch.device) -> float:
+    """HW_DECODER_LOAD for `device`'s GPU generation (DALI's default 0.65 for the others)."""
+    return HW_DECODER_LOAD.get(torch.cuda.get_device_capability(device), 0.65)
 
 
 @pipeline_def
-def _pipeline(source, gpu: bool, ten_crop: bool):
-    encoded, labels, mean, *placement = fn.external_source(source=source, num_outputs=3 if ten_crop else 6, batch=True)
-    images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, source_depth: int):
+    encoded, fields = fn.external_source(source=source, num_outputs=2, batch=True, parallel=True,
+                                         prefetch_queue_depth=source_depth)
+    labels, mean = fn.cast(fields[0:1], dtype=types.INT64), fields[1:4]  # labels < 2^24: exact in float32
+    crop_x, crop_y, mirror = fields[4], fields[5], fn.cast(fields[6], dtype=types.INT32)
+    normalize = dict(dtype=dtype, output_layout="HWC", mean=mean, std=[1.0, 1.0, 1.0])
     if ten_crop:
-        images = fn.resize(images, resize_shorter=RESIZE_SHORTER, interp_type=types.INTERP_LINEAR)
-        crops = [fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(CROP, CROP),
-                                          crop_pos_x=x, crop_pos_y=y, mirror=m, mean=mean, std=[1.0, 1.0, 1.0])
+        images = fn.decoders.image(encoded, **decoder)
+        if not prepared:
+            images = fn.resize(images, resize_shorter=RESIZE_SHORTER, interp_type=types.INTERP_LINEAR)
+        crops = [fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=x, crop_pos_y=y, mirror=m, **normalize)
                  for x, y, m in TEN_CROPS]
         return fn.stack(*crops, axis=0), labels
+    if prepared:  # nothing to resample: decode the crop's window alone, then flip
+        images = fn.decoders.image_crop(encoded, crop=(CROP, CROP), crop_pos_x=crop_x, crop_pos_y=crop_y, **decoder)
+        return fn.crop_mirror_normalize(images, mirror=mirror, **normalize), labels
     # One crop: resize_crop_mirror resamples only the crop's window (what resize, crop and flip give,
     # to a level at a few pixels), ~1.5x faster on the CPU than resizing the whole image first.
-    crop_x, crop_y, mirror = placement
+    images = fn.decoders.image(encoded, **decoder)
     images = fn.resize_crop_mirror(images, resize_shorter=RESIZE_SHORTER, interp_type=types.INTERP_LINEAR,
                                    crop=(CROP, CROP), crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=mirror)
-    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=mean,
-                                    std=[1.0, 1.0, 1.0]), labels
+    return fn.crop_mirror_normalize(images, **normalize), labels
 
 
 class DaliLoader(PlanLoader):
     """Iterates (images, labels (B,) int64) on `device` for one plan, starting at batch `start_batch`
-    (to resume mid-epoch). Images are (B, 3, 227, 227) float32, or (B, 10, 3, 227, 227) for a
-    ten-crop plan. The last batch may be smaller.
+    (to resume mid-epoch). Images are (B, 3, 227, 227), or (B, 10, 3, 227, 227) for a ten-crop plan,
+    of `dtype`, channels_last. The last batch may be smaller. `workers` DALI threads decode, and one
+    process per THREADS_PER_READER of them (at least one) reads and checks the files.
 
-    A file the decoder rejects stops the epoch with a DatasetError naming it (found by decoding the
-    failing batch's files with PIL); `python -m data.check` finds them all beforehand."""
+    A file the decoder rejects, or one removed or changed since the pre-flight check, stops the epoch
+    with a DatasetError naming it (found by decoding the failing batches' files with PIL);
+    `python -m data.check` finds them all beforehand."""
 
     def __iter__(self):
         if len(self) == 0:
             return
         gpu = self.device.type == "cuda"
-        pipe = _pipeline(_PlanSource(self.plan, self.batch_size, self.start_batch), gpu, self.plan.ten_crop,
+        decoder = dict(device="mixed", hw_decoder_load=hw_decoder_load(self.device)) if gpu else dict(device="cpu")
+        source = _PlanSource(self.plan, self.batch_size, self.start_batch, self.prepared)
+        pipe = _pipeline(source, self.plan.ten_crop, self.prepared, DALI_DTYPES[self.dtype],
+                         dict(output_type=types.RGB, **decoder), self._source_depth(),
                          batch_size=self.batch_size, num_threads=self.workers, prefetch_queue_depth=PREFETCH,
-                         device_id=(self.device.index or 0) if gpu else None, seed=0)
+                         device_id=(self.device.index or 0) if gpu else None, seed=0, py_num_workers=self._readers(),
+                         # fork is quick, but not once CUDA is set up in this process
+                         py_start_method="spawn" if gpu or torch.cuda.is_initialized() else "fork")
         batch = self.start_batch
         try:
             batches = iter(DALIGenericIterator(pipe, ["images", "labels"]))  # this runs the first batch
-        except RuntimeError as e:
+        except Exception as e:  # a worker's error comes back as the type it had there
             raise self._decode_error(batch, e) from e
         while True:
             try:
                 out = next(batches)[0]
             except StopIteration:
                 return
-            except RuntimeError as e:
+            except Exception as e:
                 raise self._decode_error(batch, e) from e
-            yield out["images"].to(self.device), out["labels"].view(-1).to(self.device)
+            images = out["images"].to(self.device)  # (B, [10,] H, W, C): channels last as NCHW, without a copy
+            images = images.permute(0, 1, 4, 2, 3) if self.plan.ten_crop else images.permute(0, 3, 1, 2)
+            yield images.to(self.dtype), out["labels"].view(-1).to(self.device)
             batch += 1
+
+    def _readers(self) -> int:
+        return -(-self.workers // THREADS_PER_READER)
+
+    def _source_depth(self) -> int:
+        """Batches the reading processes prepare ahead: one each keeps them all busy."""
+        return max(PREFETCH, self._readers())
 
     def _decode_error(self, batch: int, error: Exception) -> DatasetError:
         """The error to raise when DALI failed on batch `batch` (or one it prefetched)."""
-        paths = self.plan.paths[batch * self.batch_size:(batch + 1 + PREFETCH) * self.batch_size]
+        ahead = PREFETCH + self._source_depth()
+        paths = self.plan.paths[batch * self.batch_size:(batch + 1 + ahead) * self.batch_size]
         bad = find_bad_files(paths)
         if bad:
             return bad_files_error(bad)

@@ -7,6 +7,7 @@ torchvision's ImageFolder; the validation split is labelled with the train split
 class missing from val is fine but a class val has and train lacks is an error.
 """
 
+import json
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -121,3 +122,31 @@ def load_splits(root: Path | str, exclude_list: Path | str | None = None
     if not val:
         raise DatasetError(f"exclude list {exclude_list} leaves no images in {val_dir}")
     return classes, train, val
+
+
+# data.prepare writes this JSON file at the root of a dataset it prepared, {"complete": true, ...} once done.
+PREPARED_MARKER = "prepared.json"
+PREPARED_SIZE = 256  # a prepared image is PREPARED_SIZE x PREPARED_SIZE
+PREPARED_VERSION = 1
+
+
+def is_prepared(sample_path: str | Path) -> bool:
+    """Whether the dataset holding `sample_path` (ROOT/train/<class>/file, ROOT/val/<class>/file or
+    ROOT/val/file) is one data.prepare finished; an unfinished or unreadable marker is an error."""
+    for root in Path(sample_path).parents[1:3]:
+        marker = root / PREPARED_MARKER
+        if not marker.is_file():
+            continue
+        try:
+            info = json.loads(marker.read_text())
+            valid = info["version"] == PREPARED_VERSION and info["size"] == PREPARED_SIZE
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"{marker} is unreadable or not data.prepare's marker ({e})") from e
+        if not valid:
+            raise DatasetError(f"{marker} is for version {info['version']} / size {info['size']}, not "
+                               f"{PREPARED_VERSION} / {PREPARED_SIZE}: prepare {root} again")
+        if not info.get("complete"):
+            raise DatasetError(f"{root} is only partly prepared (its {PREPARED_MARKER} says so): run "
+                               f"python -m data.prepare again to finish it")
+        return True
+    return False

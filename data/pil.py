@@ -53,8 +53,8 @@ def crop(image: Image.Image, x: float, y: float, mirror: int) -> np.ndarray:
 class _PlanDataset(Dataset):
     """Item i of the plan: (image(s) float32, label), or (None, 'path: reason') if it does not decode."""
 
-    def __init__(self, plan: EpochPlan):
-        self.plan = plan
+    def __init__(self, plan: EpochPlan, prepared: bool):
+        self.plan, self.prepared = plan, prepared
 
     def __len__(self):
         return len(self.plan)
@@ -62,7 +62,8 @@ class _PlanDataset(Dataset):
     def __getitem__(self, i: int):
         p = self.plan
         try:
-            image = resize_shorter(open_rgb(p.paths[i]))
+            image = open_rgb(p.paths[i])
+            image = image if self.prepared else resize_shorter(image)
         except Exception as e:  # reported by the loader, in its own process, without a worker's traceback
             return None, f"{p.paths[i]}: {check_file(p.paths[i]) or e}"
         crops = TEN_CROPS if p.ten_crop else [(p.crop_x[i], p.crop_y[i], p.mirror[i])]
@@ -84,7 +85,7 @@ class PilLoader(PlanLoader):
     def __iter__(self):
         if len(self) == 0:
             return
-        loader = DataLoader(_PlanDataset(self.plan), self.batch_size, num_workers=self.workers,
+        loader = DataLoader(_PlanDataset(self.plan, self.prepared), self.batch_size, num_workers=self.workers,
                             sampler=range(self.start_batch * self.batch_size, len(self.plan)),
                             collate_fn=_collate, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator())  # its own: seeding workers leaves torch's global RNG alone
@@ -92,4 +93,4 @@ class PilLoader(PlanLoader):
             if isinstance(batch[0], str):
                 raise bad_files_error(batch)
             images, labels = batch
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield images.to(self.device, self.dtype, non_blocking=True), labels.to(self.device, non_blocking=True)

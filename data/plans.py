@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from data.check import check_file
-from data.folder import DatasetError
+from data.folder import DatasetError, is_prepared
 
 # Per-channel means of ImageNet's RGB pixels on the 0..255 scale. The paper subtracts the mean
 # image; subtracting the per-channel mean is the common equivalent. There is no division by a std.
@@ -45,6 +45,7 @@ EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                    [-0.5808, -0.0045, -0.8140],
                    [-0.5836, -0.6948, 0.4203]])
 PIXEL_SCALE = 255.0  # the pipeline's pixels are 0..255, the PCA's 0..1
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the loaders can deliver
 # Ten-crop: (crop_pos_x, crop_pos_y, mirror) of crops 0-9, as fractions of the slack.
 TEN_CROPS = [(x, y, m) for m in (0, 1) for x, y in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5))]
 
@@ -131,12 +132,16 @@ def bad_files_error(bad: list[str]) -> DatasetError:
 
 class PlanLoader:
     """What the loaders share: one plan, cut into batches of `batch_size` from batch `start_batch`
-    (to resume mid-epoch), put on `device`, with `workers` threads or processes decoding."""
+    (to resume mid-epoch), put on `device` as `dtype` images, with `workers` threads or processes
+    decoding. A dataset data.prepare made (found by its marker) is read without resizing."""
 
     def __init__(self, plan: EpochPlan, batch_size: int, device: torch.device | str = "cpu",
-                 workers: int = 2, start_batch: int = 0):
+                 workers: int = 2, start_batch: int = 0, dtype: torch.dtype = torch.float32):
+        if dtype not in IMAGE_DTYPES:
+            raise ValueError(f"images can be {', '.join(map(str, IMAGE_DTYPES))}, not {dtype}")
         self.plan, self.batch_size, self.start_batch = plan, batch_size, start_batch
-        self.device, self.workers = torch.device(device), workers
+        self.device, self.workers, self.dtype = torch.device(device), workers, dtype
+        self.prepared = len(plan) > 0 and is_prepared(plan.paths[0])
 
     def __len__(self):
         return max(0, -(-len(self.plan) // self.batch_size) - self.start_batch)

@@ -11,8 +11,8 @@ import pytest
 COMMANDS = {
     "alexnet.train": [], "alexnet.evaluate": [], "alexnet.predict": [], "alexnet.features": ["extract", "neighbours"],
     "alexnet.figures": ["filters", "curves", "predictions"], "alexnet.ablate": [], "alexnet.export": [],
-    "data.embedded": [], "data.check": [], "perf.aot": [], "bench.report": [], "bench.roofline": [],
-    "bench.plot": [],
+    "data.embedded": [], "data.check": [], "data.prepare": [], "perf.aot": [], "bench.report": [],
+    "bench.roofline": [], "bench.plot": [],
 }
 
 
