@@ -21,7 +21,6 @@ around each run with the L2 flushed before it (conv3-5 and pool5 fit in the 50 M
 they would beat the HBM floor), and the host time of one call (Python and launch overhead) as its own figure.
 """
 
-import os
 import statistics
 import time
 from importlib.metadata import version

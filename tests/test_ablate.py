@@ -14,6 +14,7 @@ from alexnet.inference import load_trained
 from alexnet.model import PAPER_OPTIONS, POOL_NO_OVERLAP, AlexNet
 from alexnet.train import get_args_parser, main, resolve
 from data.embedded import write_dataset
+from tests.devices import needs_interpreter
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,7 @@ def test_each_switch_does_what_it_says(variants):
 
 
 @pytest.mark.parametrize("hw", [(13, 13), (55, 55), (27, 27)])
+@needs_interpreter  # CPU tensors against the CPU's F.max_pool2d
 def test_non_overlapping_pool_on_the_triton_kernels(hw):
     x = torch.randn(2, 8, *hw, requires_grad=True)
     got = kernels.backend("triton").max_pool2d(x, **POOL_NO_OVERLAP)

@@ -12,8 +12,10 @@ from kernels.conv_relu import ConvReLU
 from kernels.local_response_norm import LRNFunction
 from kernels.maxpool import MaxPool2dFunction
 from data.embedded import write_dataset
+from tests.devices import needs_interpreter
 
 
+@needs_interpreter  # the CPU's autocast on CPU tensors
 def test_triton_ops_see_bf16_under_autocast(monkeypatch):
     seen = []
     for function in (ConvReLU, LRNFunction, MaxPool2dFunction):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.model import AlexNet
+from tests.devices import needs_interpreter
 
 STEPS, BATCH, CLASSES = 2, 2, 10
 REL = 2e-5  # of each tensor's largest |value|, see the module docstring
@@ -43,6 +44,7 @@ def train(kernels: str, init: dict, images, labels) -> list[dict]:
 
 
 @pytest.mark.slow
+@needs_interpreter  # both backends on the same CPU tensors
 def test_triton_and_torch_train_the_same_network():
     torch.manual_seed(0)
     init = AlexNet(num_classes=CLASSES).state_dict()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from alexnet.distributed import Layout
 from alexnet.model import AlexNet
 from alexnet.towers import TowerAlexNet, split_rows, tower_rows
+from tests.devices import needs_interpreter
 
 CLASSES = 3  # odd, so the towers' fc8 shares differ (2 and 1 classes)
 BATCH = 2
@@ -136,6 +137,7 @@ def _triton_tower_worker(rank: int, port: int):
 
 
 @pytest.mark.slow
+@needs_interpreter  # gloo towers on CPU tensors
 def test_towers_run_the_triton_kernels():
     """--kernels triton in each tower (the interpreter on a CPU) gives the torch single-device
     network's logits and gradients for one image (exchanges of one image included). Slow: ~3 min."""
