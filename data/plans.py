@@ -21,7 +21,7 @@ image, and crop 5 + i is crop i mirrored. (torchvision's TenCrop holds the same 
 orders the mirrored half as the five crops of the mirrored image.)
 
 PCA lighting (the paper's section 4.1): each train image gets 255 * EIGVEC @ (alpha * EIGVAL) added
-to every pixel, alpha ~ N(0, lighting_std) per image and eigenvector, with design.md's PCA of
+to every pixel, alpha ~ N(0, lighting_std) per image and eigenvector, with the widely used PCA of
 ImageNet's RGB pixels, which is on the 0..1 scale, hence the 255. The loaders fold it into the mean
 they subtract, so it costs nothing.
 """
@@ -39,7 +39,7 @@ from data.folder import DatasetError, is_prepared
 MEAN_RGB = (123.68, 116.78, 103.94)
 RESIZE_SHORTER = 256
 CROP = 227
-# design.md's PCA of ImageNet's RGB pixels (0..1 scale): EIGVEC's columns are the eigenvectors.
+# The widely used PCA of ImageNet's RGB pixels (0..1 scale): EIGVEC's columns are the eigenvectors.
 EIGVAL = np.array([0.2175, 0.0188, 0.0045])
 EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                    [-0.5808, -0.0045, -0.8140],
