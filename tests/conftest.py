@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.embedded import write_dataset
 from tests.devices import triton_device, use_interpreter
 
 if use_interpreter():
@@ -31,3 +32,12 @@ def repo_root_unchanged():
     yield
     after = {p.name for p in REPO.iterdir()} - MADE_BY_PYTHON
     assert after == before, f"the tests left {sorted(after - before)} and removed {sorted(before - after)} in {REPO}"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The trainer tests' dataset (a test file may define its own): 3 classes, 4 train and 2 val images each,
+    3 steps per epoch at batch 4."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(root, {"train": 4, "val": 2}, num_classes=3)
+    return root

@@ -21,14 +21,6 @@ from data.embedded import write_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """3 classes, 4 train and 2 val images each: 3 steps per epoch at batch 4."""
-    root = tmp_path_factory.mktemp("tiny")
-    write_dataset(root, {"train": 4, "val": 2}, num_classes=3)
-    return root
-
-
 def train_cli(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
     """`python -m alexnet.train` in a new process, as a user runs it."""
     cmd = [sys.executable, "-m", "alexnet.train", "--data-path", str(data), "--output-dir", str(out),
