@@ -1,7 +1,8 @@
 """Train the paper's AlexNet.
 
     python -m alexnet.train                                   # embedded dataset, ~10 min on 2 CPU cores
-    python -m alexnet.train --kernels compile                 # the same network through torch.compile
+    python -m alexnet.train --compile                         # the whole network through torch.compile
+    python -m alexnet.train --kernels compile                 # only conv, LRN and pool through torch.compile
     python -m alexnet.train --device cuda --kernels triton    # on the Triton kernels (a GPU)
     python -m alexnet.train --device cuda --amp bf16          # mixed precision (fp16: --amp fp16)
     python -m alexnet.train --data-path /data/imagenet --device cuda          # 90 epochs, the paper's recipe
@@ -31,7 +32,9 @@ them) and continues at the exact sample where the run stopped: bit for bit the r
 stopped (on the CPU), the resumed epoch's train metrics included. The checkpoint records its data
 (absolute path, samples per split, a fingerprint of the file names and sizes): data that changed
 since is refused, unless --data-path is given again, and then the epoch in progress restarts.
-On a terminal a progress bar shows each epoch; otherwise (a log file, a cluster job) a plain line
+A step reads nothing back from the device: the loss and accuracy add up there and are read when a
+line is printed, and on a GPU the whole step is one CUDA graph (--cuda-graphs). On a terminal a
+progress bar shows each epoch; otherwise (a log file, a cluster job) a plain line
 every --print-freq steps.
 """
 
@@ -42,7 +45,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -57,6 +59,7 @@ import kernels
 from alexnet import checkpoint, distributed
 from alexnet.cli import COUNT, DEVICE_HELP, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, resolve_device, topk_hits
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
+from alexnet.step import BAD_LOSS, FIRST_BAD, HITS, LAST_LOSS, LOSS_SUM, CapturedStep, TrainStep, capture_blockers
 from alexnet.run_folder import ARGS, BEST, CHECKPOINT, METRICS, FolderError, RunFolder, append_metrics, \
     keep_metrics_until
 from data.check import available_cpus, quick_check_all
@@ -96,6 +99,8 @@ class Config:
     workers: int
     kernels: str
     allow_interpreter: bool
+    compile: bool
+    cuda_graphs: str
     amp: str
     init: str
     no_lrn: bool
@@ -147,6 +152,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"only with --allow-interpreter) (default: torch{resumed})")
     p.add_argument("--allow-interpreter", action="store_true",
                    help="let --kernels triton run on a CPU, in Triton's interpreter: correct, but minutes per image")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the whole network with torch.compile (Inductor; the ops of --kernels triton "
+                        "are custom ops it sees whole): --kernels torch --compile is cuDNN + Inductor, the "
+                        "baseline a PyTorch user would pick")
+    p.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
+                   help="on a GPU, capture the training step (forward, backward, update) once as a CUDA graph "
+                        "after a few warm-up steps and replay it; off: launch every kernel from Python each "
+                        "step (default: on; always off on a CPU)")
     p.add_argument("--amp", default=unset, choices=("none", *AMP_DTYPES),
                    help="mixed precision: autocast to bf16, or to fp16 with a gradient scaler (CUDA only); "
                         f"every backend's conv, LRN and pool run in that dtype (default: none{resumed})")
@@ -280,8 +293,8 @@ def mixed_precision(amp: str, device: torch.device):
     if amp == "none":
         autocast = contextlib.nullcontext
     else:
-        def autocast():
-            return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+        def autocast():  # no cast cache: each weight is cast once a step anyway, and a CUDA graph forbids it
+            return torch.autocast(device.type, dtype=AMP_DTYPES[amp], cache_enabled=False)
     return autocast, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
@@ -297,13 +310,17 @@ def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext, reduce=
     """Mean loss, and top-1 and top-5 accuracy in percent, of `model` over `loader`. `reduce`, given,
     sums the (loss, top-1 hits, top-5 hits, samples) totals over the data-parallel ranks' shards."""
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64)
+    totals, n = None, 0  # loss sum, top-1 and top-5 hits: on the device, read once at the end
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty()):
         with autocast():
             logits = model(images)
         hit1, hit5 = topk_hits(logits, labels)
-        totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), hit1.sum().item(),
-                                hit5.sum().item(), len(labels)], dtype=torch.float64)
+        batch = torch.stack([t.double() for t in (F.cross_entropy(logits, labels, reduction="sum"), hit1.sum(),
+                                                  hit5.sum())])
+        totals, n = (batch if totals is None else totals + batch), n + len(labels)
+    if totals is None:  # this rank's shard is empty; the other replicas' totals may not be
+        totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.cat((totals, totals.new_tensor([n])))
     loss, top1, top5, n = (reduce(totals) if reduce else totals).tolist()
     return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
 
@@ -311,18 +328,28 @@ def evaluate(model, loader, desc="val", autocast=contextlib.nullcontext, reduce=
 class StepLog:
     """Progress within an epoch: a tqdm bar on a terminal; elsewhere (a log file, a cluster job) a plain
     line every `print_freq` steps: epoch and step (1-based), loss, lr, images per second, the time a
-    step waited for data and, on a GPU, the most memory allocated so far."""
+    step waited for data and, on a GPU, the most memory allocated so far. The loss is read from the
+    device only for those lines (and the bar's figures, updated as often)."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, start_step: int, print_freq: int, device: torch.device):
         self.epoch, self.epochs, self.steps, self.print_freq, self.device = epoch, epochs, steps, print_freq, device
         self.bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True) \
             if sys.stderr.isatty() else None
 
-    def step(self, step: int, loss: float, lr: float, img_s: float, data_s: float) -> None:
+    def due(self, step: int) -> bool:
+        """Whether step `step` shows its loss: every `print_freq` steps and the epoch's last."""
+        return step % self.print_freq == 0 or step == self.steps
+
+    def step(self, step: int, shown: tuple[float, float] | None, img_s: float, data_s: float) -> None:
+        """Step `step` ended; `shown` is (its loss, the lr) when it is `due`, else None."""
         if self.bar is not None:
             self.bar.update()
+        if shown is None:
+            return
+        loss, lr = shown
+        if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{img_s:.1f}")
-        elif step % self.print_freq == 0 or step == self.steps:
+        else:
             memory = (f"  max mem {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MB"
                       if self.device.type == "cuda" else "")
             print(f"epoch {self.epoch}/{self.epochs}  step {step}/{self.steps}  loss {loss:.4f}  lr {lr:g}  "
@@ -409,10 +436,20 @@ class Run:
     def __init__(self, config: Config, layout, model: AlexNet, data: Data):
         self.config, self.layout, self.model, self.data = config, layout, model, data
         self.net = layout.wrap(model, config.seed)  # `model`, or under torchrun this rank's tower and/or DDP replica
+        if config.compile:
+            self.net = torch.compile(self.net)  # the parameters stay `model`'s: checkpoints are unchanged
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.autocast, self.scaler = mixed_precision(config.amp, layout.device)
+        self.train_step = TrainStep(self.net, self.optimizer, self.scaler, self.autocast, layout.device)
+        self.run_step = self.train_step  # or its CUDA graph:
+        if config.cuda_graphs == "on" and layout.device.type == "cuda":
+            blocker = capture_blockers(self.train_step, layout.device, distributed=layout.world_size > 1)
+            if blocker:
+                print(f"cuda graphs: off, the step runs eagerly: {blocker}")
+            else:
+                self.run_step = CapturedStep(self.train_step, side_stream=torch.cuda.Stream(layout.device))
         self.epoch, self.step_in_epoch, self.global_step, self.best_top1 = 0, 0, 0, None
         self.sums = new_sums()
         self.out = Path(config.output_dir)
@@ -490,17 +527,25 @@ class Run:
     def out_of_steps(self) -> bool:
         return bool(self.config.max_steps) and self.global_step >= self.config.max_steps
 
-    def stop_after(self, step: int, steps: int, loss: float) -> bool:
-        """The one place a run stops early, after step `step` of `steps` of the epoch: a loss that is
-        not finite ends it with an error (the last checkpoint is kept), --max-steps mid-epoch with a
-        checkpoint. Also saves every --checkpoint-every steps."""
+    def sync(self) -> tuple[float, float]:
+        """Read the step's totals from the device (one read) into the epoch's sums; a loss that was not
+        finite since the last read ends the run with an error naming its step (no checkpoint is written
+        after it: the last one is kept). Returns (the last step's loss, the lr)."""
+        totals, lr = self.train_step.read()
+        if totals[FIRST_BAD]:
+            raise SystemExit(f"error: the loss is {totals[BAD_LOSS]} at epoch {self.epoch + 1} step "
+                             f"{int(totals[FIRST_BAD])}: lower --lr (the last checkpoint, if any, is kept)")
+        self.sums.update(loss=totals[LOSS_SUM], hits=int(totals[HITS]))
+        return totals[LAST_LOSS], lr
+
+    def stop_after(self, step: int, steps: int) -> bool:
+        """The one place a run stops early, after step `step` of `steps` of the epoch: --max-steps
+        mid-epoch, with a checkpoint. Also saves every --checkpoint-every steps."""
         self.global_step, self.step_in_epoch = self.global_step + 1, step
-        if not math.isfinite(loss):
-            raise SystemExit(f"error: the loss is {loss} at epoch {self.epoch + 1} step {step}: lower --lr "
-                             f"(the last checkpoint, if any, is kept)")
         stop = self.out_of_steps() and step < steps  # at the epoch's end, the epoch is finished first
         every = self.config.checkpoint_every
         if stop or (every and self.global_step % every == 0 and step < steps):
+            self.sync()
             self.save()
         if stop:
             print(f"stopped after {self.global_step} steps, in epoch {self.epoch + 1} at step {step} of {steps}")
@@ -511,28 +556,24 @@ class Run:
         Returns whether the run stopped before the epoch's end."""
         self.net.train()
         sums, start, seconds_before = self.sums, time.perf_counter(), self.sums["seconds"]
+        self.train_step.start_epoch(loader.start_batch, sums["loss"], sums["hits"])
         batches, step = iter(loader), loader.start_batch
         while True:
             waited = time.perf_counter()
             try:
                 images, labels = next(batches)
             except StopIteration:
+                self.sync()
+                sums["seconds"] = seconds_before + time.perf_counter() - start
                 return False
             waited = time.perf_counter() - waited
             step += 1
-            with self.autocast():
-                loss = F.cross_entropy(logits := self.net(images), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)  # skips the step if fp16 gradients overflowed
-            self.scaler.update()
-            loss_value, b = loss.item(), len(labels)
-            sums["loss"] += loss_value * b
-            sums["hits"] += int(topk_hits(logits, labels, (1,))[0].sum())
-            sums["samples"] += b
+            self.run_step(images, labels)  # queued on the device; nothing read back
+            sums["samples"] += len(labels)
+            shown = self.sync() if log.due(step) else None
             sums["seconds"] = seconds_before + time.perf_counter() - start
-            log.step(step, loss_value, self.optimizer.param_groups[0]["lr"], sums["samples"] / sums["seconds"], waited)
-            if self.stop_after(step, steps, loss_value):
+            log.step(step, shown, sums["samples"] / sums["seconds"], waited)
+            if self.stop_after(step, steps):
                 return True
 
     def train_metrics(self) -> dict:

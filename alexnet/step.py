@@ -1,0 +1,119 @@
+"""The training step: forward, backward and the optimizer's update, with nothing read back to the host.
+
+The loss, the top-1 hits and the first step whose loss was not finite are added up on the device, in
+`TrainStep.totals`, and read (one read) only when a line is printed, a checkpoint is saved or the epoch
+ends. So the host runs ahead of the device and queues the next steps while the current one runs.
+
+On a GPU the step is captured once as a CUDA graph (`CapturedStep`) after a few eager warm-up steps, and
+each later step is one graph launch on static input buffers: no Python, no per-kernel launch cost. What
+changes between steps lives in device memory that the graph reads: the batch (copied into the static
+buffers), the learning rate (a 0-dim tensor in the optimizer that the schedulers fill in place) and the
+totals.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from alexnet.cli import topk_hits
+
+# TrainStep.totals. FIRST_BAD: the first step whose loss was not finite (0: none yet), BAD_LOSS its loss.
+LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = range(6)
+WARMUP_STEPS = 3  # eager steps before the capture: tiles chosen, kernels compiled, the allocator's pools warm
+
+
+class TrainStep:
+    """One training step of `net` on a batch. `totals` (float64, on the device) holds the epoch's loss
+    sum (loss x batch), top-1 hits, the last step's loss, the epoch's step number, and the first step of
+    the epoch whose loss was not finite (0 if none) with that loss."""
+
+    def __init__(self, net, optimizer, scaler, autocast, device: torch.device):
+        self.net, self.optimizer, self.scaler, self.autocast = net, optimizer, scaler, autocast
+        self.totals = torch.zeros(6, dtype=torch.float64, device=device)
+
+    def start_epoch(self, step: int, loss_sum: float, hits: int) -> None:
+        """Set the totals to an epoch's at step `step` (0 at its start, or where a resumed run stopped)."""
+        self.totals.copy_(torch.tensor([loss_sum, hits, 0.0, step, 0.0, 0.0], dtype=torch.float64))
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        with self.autocast():
+            logits = self.net(images)
+            loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # skips the update if fp16 gradients overflowed
+        self.scaler.update()
+        with torch.no_grad():
+            loss = loss.detach().double()
+            step = self.totals[STEP] + 1
+            first = (self.totals[FIRST_BAD] == 0) & ~loss.isfinite()
+            hits = topk_hits(logits.detach(), labels, (1,))[0].sum()
+            self.totals.copy_(torch.stack([self.totals[LOSS_SUM] + loss * len(labels), self.totals[HITS] + hits,
+                                           loss, step, torch.where(first, step, self.totals[FIRST_BAD]),
+                                           torch.where(first, loss, self.totals[BAD_LOSS])]))
+
+    def read(self) -> tuple[list[float], float]:
+        """(the totals, the first parameter group's learning rate) on the host, in one device-to-host read."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not isinstance(lr, torch.Tensor):
+            return self.totals.tolist(), lr
+        *totals, lr = torch.cat((self.totals, lr.to(self.totals).reshape(1))).tolist()
+        return totals, lr
+
+
+def capture_blockers(step: TrainStep, device: torch.device, distributed: bool) -> str | None:
+    """Why `step` cannot run as a CUDA graph on `device` (None: it can)."""
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if distributed:
+        return "the data-parallel and tower exchanges (torchrun) run outside a graph"
+    if not all(isinstance(group["lr"], torch.Tensor) and group["lr"].device == device
+               for group in step.optimizer.param_groups):
+        return "the optimizer's learning rate is a host number, which a graph would freeze"
+    if step.scaler.is_enabled() and not getattr(step.optimizer, "_step_supports_amp_scaling", False):
+        return "the fp16 gradient scaler reads the overflow flag back to the host before every update"
+    return None
+
+
+class CapturedStep:
+    """`step` run eagerly for `warmup` steps, then captured as one CUDA graph and replayed: each call
+    copies the batch into static input buffers and launches the graph. A batch of another shape (the
+    graph's are fixed) runs eagerly. `graph_factory` and `capture` are CUDA's (torch.cuda.CUDAGraph,
+    torch.cuda.graph); tests pass stand-ins to drive the same logic on a CPU."""
+
+    def __init__(self, step: TrainStep, warmup: int = WARMUP_STEPS, graph_factory=None, capture=None,
+                 side_stream=None):
+        self.step, self.warmup, self.calls = step, warmup, 0
+        self.graph_factory = graph_factory or torch.cuda.CUDAGraph
+        self.capture = capture or torch.cuda.graph
+        self.side_stream = side_stream  # the warm-up's stream: torch asks for one other than the default
+        self.graph, self.images, self.labels = None, None, None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.graph is not None and images.shape == self.images.shape and labels.shape == self.labels.shape:
+            self.images.copy_(images)
+            self.labels.copy_(labels)
+            self.graph.replay()
+            return
+        if self.graph is not None or self.calls < self.warmup:
+            self.calls += 1
+            with self._on_side_stream():
+                self.step(images, labels)
+            return
+        # images and labels are the loader's, reused by it: the graph reads copies it owns
+        self.images, self.labels = images.clone(), labels.clone()
+        self.graph = self.graph_factory()
+        with self.capture(self.graph):
+            self.step(self.images, self.labels)
+        self.graph.replay()  # capturing recorded this step without running it
+
+    @contextlib.contextmanager
+    def _on_side_stream(self):
+        if self.side_stream is None:
+            yield
+            return
+        self.side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side_stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self.side_stream)
