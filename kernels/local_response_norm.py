@@ -44,7 +44,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.tensors import check_activation, check_image_offsets, check_positive_int, launch, shapes_only
+from kernels.tensors import cdiv, check_activation, check_image_offsets, check_positive_int, launch, \
+    next_power_of_2, shapes_only
 
 # (warps, channels a trip in NCHW): a program takes BLOCK_P = 32 * warps positions of one image,
 # one a thread, and all its channels; a trip of the channel loop takes one 16-byte vector of channels
@@ -316,10 +317,10 @@ def grid_and_meta(x3: torch.Tensor, size: int, config: tuple[int, int], beta: fl
     warps, nchw_vec = config
     channels_last = x3.stride(1) == 1 and C > 1
     vec = 16 // x3.element_size() if channels_last else nchw_vec
-    block_p = min(32 * warps, max(16, triton.next_power_of_2(L)))
+    block_p = min(32 * warps, max(16, next_power_of_2(L)))
     meta = dict(SIZE=size, VEC=vec, BLOCK_P=block_p, CHANNELS_LAST=channels_last, BETA_075=beta == 0.75,
                 num_warps=warps)
-    return (N * triton.cdiv(L, block_p),), meta
+    return (N * cdiv(L, block_p),), meta
 
 
 def _terms_need_mask(alpha, beta, k) -> bool:

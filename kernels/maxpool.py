@@ -24,7 +24,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels.tensors import check_activation, check_positive_int, launch, memory_format, shapes_only, tile_shape
+from kernels.tensors import cdiv, check_activation, check_positive_int, launch, memory_format, shapes_only, \
+    tile_shape
 
 TILE, NUM_WARPS = 2048, 8  # elements per [BLOCK_C, BLOCK_P] tile: 8 a thread
 
@@ -113,7 +114,7 @@ def _grid_and_meta(C: int, positions: int, channels_contiguous: bool, N: int, ke
     """Grid and compile-time parameters of either kernel: the launchers and perf.aot share it."""
     block_c, block_p = tile_shape(C, positions, channels_contiguous, elements=TILE)
     meta = dict(K=kernel_size, S=stride, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=NUM_WARPS)
-    return (N * triton.cdiv(positions, block_p),), meta
+    return (N * cdiv(positions, block_p),), meta
 
 
 def fwd_plan(x, kernel_size, stride):

@@ -18,7 +18,6 @@ import functools
 import threading
 
 import torch
-import triton
 
 from kernels.interpret import interpreting
 
@@ -48,15 +47,35 @@ def check_positive_int(op: str, name: str, value) -> None:
         raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids: plain Python (triton.cdiv is a constexpr function, ~9 µs a host call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (as triton.next_power_of_2, without its host-call cost)."""
+    return 1 << (n - 1).bit_length()
+
+
 def extent(t: torch.Tensor, skip_batch: bool = False) -> int:
     """The largest element offset into `t` from its first element (within one image with `skip_batch`)."""
-    dims = slice(1, None) if skip_batch else slice(None)
-    return sum((size - 1) * abs(step) for size, step in zip(t.shape[dims], t.stride()[dims]))
+    return span(t.shape, t.stride(), skip_batch)
+
+
+def span(shape, strides, skip_batch: bool = False) -> int:
+    """extent() of a tensor of `shape` and `strides`."""
+    first = 1 if skip_batch else 0
+    return sum((size - 1) * abs(step) for size, step in zip(shape[first:], strides[first:]))
 
 
 def needs_int64(*tensors) -> bool:
     """Whether an offset into one of `tensors` can reach 2^31 elements (then a kernel indexes in int64)."""
     return any(extent(t) >= INT32_LIMIT for t in tensors)
+
+
+def layouts_need_int64(*layouts) -> bool:
+    """needs_int64 of tensors given as (shape, strides) pairs."""
+    return any(span(shape, strides) >= INT32_LIMIT for shape, strides in layouts)
 
 
 def check_image_offsets(op: str, name: str, t: torch.Tensor, margin: int = 0) -> None:
@@ -72,10 +91,10 @@ def tile_shape(channels: int, positions: int, channels_contiguous: bool, element
     The contiguous axis gets the wide side (up to 128 positions, or 32 channels: 96 and 256
     split into whole blocks of 32), never wider than the tensor needs."""
     if channels_contiguous:
-        block_c = min(32, triton.next_power_of_2(channels))
-        return block_c, min(elements // block_c, triton.next_power_of_2(positions))
-    block_p = min(128, triton.next_power_of_2(positions))
-    return min(elements // block_p, triton.next_power_of_2(channels)), block_p
+        block_c = min(32, next_power_of_2(channels))
+        return block_c, min(elements // block_c, next_power_of_2(positions))
+    block_p = min(128, next_power_of_2(positions))
+    return min(elements // block_p, next_power_of_2(channels)), block_p
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:

@@ -6,6 +6,7 @@ step: AlexNet's five convolutions run at batch 1, except conv1's input gradient 
 every phase) and at full size under -m slow. The model never needs it: conv1's input is the images.
 """
 
+import contextlib
 import pytest
 import torch
 
@@ -219,13 +220,28 @@ def test_every_tile(kernel):
             assert_close(f"{kernel} tile {tile} {precision[0]}", got, want, *precision[3:])
 
 
+@contextlib.contextmanager
+def fresh_plans():
+    """The plans' arguments computed anew (they are cached per geometry and strides), for a patched helper."""
+    plans = (conv_launch._mask_constants, conv_launch._fwd_constants, conv_launch._dgrad_constants,
+             conv_launch._wgrad_constants)
+    for plan in plans:
+        plan.cache_clear()
+    try:
+        yield
+    finally:
+        for plan in plans:
+            plan.cache_clear()
+
+
 def test_wgrad_splits_the_reduction(monkeypatch):
     """The split-K path (several programs adding into dW) is exercised, and agrees."""
     splits = []
     original = conv_launch.wgrad_splits
     monkeypatch.setattr(conv_launch, "wgrad_splits", lambda *args: splits.append(original(*args)) or splits[-1])
     x_shape, w_shape, stride, padding, groups, bias = ODD["many pixels (wgrad splits)"]
-    check("many pixels", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
+    with fresh_plans():
+        check("many pixels", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
     assert splits and max(splits) > 1, f"[wgrad] splits {splits}: the reduction was never split"
 
 
@@ -255,9 +271,10 @@ def test_strided_conv1_without_space_to_depth(monkeypatch):
 
 def test_64_bit_indexing_path(monkeypatch):
     """The int64 offsets taken when a tensor spans 2^31 elements (too big to test here) give the same answer."""
-    monkeypatch.setattr(conv_launch, "needs_int64", lambda *tensors: True)
-    x_shape, w_shape, stride, padding, groups, bias = ODD["5x4/(2,3) g3 pad3"]
-    check("INDEX_64", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
+    monkeypatch.setattr(conv_launch, "layouts_need_int64", lambda *layouts: True)
+    with fresh_plans():
+        x_shape, w_shape, stride, padding, groups, bias = ODD["5x4/(2,3) g3 pad3"]
+        check("INDEX_64", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
 
 
 def test_nan_propagates_like_relu_of_conv2d():

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import triton
 from torch.autograd.function import once_differentiable
 
 from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
 from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, wgrad_kernel
 from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
-from kernels.tensors import FLOAT_DTYPES, check_device, check_image_offsets, launch, needs_int64, shapes_only
+from kernels.tensors import FLOAT_DTYPES, cdiv, check_device, check_image_offsets, launch, layouts_need_int64, \
+    next_power_of_2, shapes_only
 
 MASK_TILE = 4096  # elements per program of the ReLU-mask kernel
 
@@ -63,68 +63,100 @@ def _sms(device: torch.device) -> int:
 # Plans
 
 
+def contiguous_strides(shape) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+# A plan's grid and arguments other than the tensors depend only on the geometry, dtype and strides: computed
+# once per combination (cached), then each call allocates its outputs and binds its tensors.
+
+
 def mask_plan(dy, y, bias: bool):
     """(g, db partials or None, Launch): g = dy where y > 0, and each row block's sum of g if `bias`."""
-    N, K, P, Q = y.shape
     dy = dy.contiguous(memory_format=torch.channels_last)
     y = y.contiguous(memory_format=torch.channels_last)
     g = torch.empty_like(y)
-    block_c = min(128, triton.next_power_of_2(K))
+    grid, constants = _mask_constants(tuple(y.shape), y.stride(), bias)
+    db = torch.empty(grid[0], y.shape[1], device=y.device, dtype=torch.float32) if bias else None
+    return g, db, Launch(relu_mask_kernel, grid, dict(constants, dy_ptr=dy, y_ptr=y, g_ptr=g,
+                                                      db_ptr=db if bias else g))
+
+
+@functools.lru_cache(maxsize=512)
+def _mask_constants(shape, strides, bias: bool):
+    N, K, P, Q = shape
+    block_c = min(128, next_power_of_2(K))
     block_r = MASK_TILE // block_c
-    blocks = triton.cdiv(N * P * Q, block_r)
-    db = torch.empty(blocks, K, device=y.device, dtype=torch.float32) if bias else None
-    args = dict(dy_ptr=dy, y_ptr=y, g_ptr=g, db_ptr=db if bias else g, ROWS=N * P * Q, K=K, HAS_BIAS=bias,
-                INDEX_64=needs_int64(y), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
-    return g, db, Launch(relu_mask_kernel, (blocks, triton.cdiv(K, block_c)), args)
+    grid = (cdiv(N * P * Q, block_r), cdiv(K, block_c))
+    return grid, dict(ROWS=N * P * Q, K=K, HAS_BIAS=bias, INDEX_64=layouts_need_int64((shape, strides)),
+                      BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
 
 
 def fwd_plan(x, weight, bias, geometry: ConvGeometry):
     """(y, Launch) of the forward of `geometry` (a stride-1 form already applied to x and weight)."""
-    g = geometry
     w = weight.contiguous(memory_format=torch.channels_last)  # (r, s, c) contiguous: the reduction
-    y = torch.empty(g.y_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    y = torch.empty(geometry.y_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    grid, constants = _fwd_constants(geometry, x.stride(), w.stride(), y.stride(),
+                                     bias.stride(0) if bias is not None else None, precision(x.dtype))
+    return y, Launch(fwd_kernel, grid, dict(constants, x_ptr=x, w_ptr=w, b_ptr=bias if bias is not None else w,
+                                            y_ptr=y))
+
+
+@functools.lru_cache(maxsize=512)
+def _fwd_constants(g: ConvGeometry, sx, sw, sy, sb, input_precision: str):
     rows, kg = g.N * g.P * g.Q, g.K // g.groups
-    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), g.groups)
-    sx, sw, sy = x.stride(), w.stride(), y.stride()
-    args = dict(x_ptr=x, w_ptr=w, b_ptr=bias if bias is not None else w, y_ptr=y, ROWS=rows,
-                sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3], sw_k=sw[0], sw_c=sw[1], sw_r=sw[2], sw_s=sw[3],
-                sy_n=sy[0], sy_c=sy[1], sy_h=sy[2], sy_w=sy[3], sb_k=bias.stride(0) if bias is not None else 0,
-                **g.constants(), HAS_BIAS=bias is not None, PRECISION=precision(x.dtype),
-                INDEX_64=needs_int64(x, y))
-    return y, Launch(fwd_kernel, grid, args)
+    grid = lambda meta: (cdiv(rows, meta["BLOCK_M"]) * cdiv(kg, meta["BLOCK_N"]), g.groups)
+    return grid, dict(ROWS=rows, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
+                      sw_k=sw[0], sw_c=sw[1], sw_r=sw[2], sw_s=sw[3], sy_n=sy[0], sy_c=sy[1], sy_h=sy[2], sy_w=sy[3],
+                      sb_k=sb or 0, **g.constants(), HAS_BIAS=sb is not None, PRECISION=input_precision,
+                      INDEX_64=layouts_need_int64((g.x_shape, sx), (g.y_shape, sy)))
 
 
 def dgrad_plan(g_masked, weight, geometry: ConvGeometry):
     """(dx, Launch): the input gradient of `geometry` from the masked output gradient."""
-    g = geometry
     w = weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # k contiguous: the reduction
-    dx = torch.empty(g.x_shape, device=g_masked.device, dtype=g_masked.dtype, memory_format=torch.channels_last)
-    (sh, sw), cg = g.stride, g.C // g.groups
-    rows = g.N * triton.cdiv(g.H, sh) * triton.cdiv(g.W, sw)  # the largest stride phase's pixels
-    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), g.groups, sh * sw)
-    sg, swt, sx = g_masked.stride(), w.stride(), dx.stride()
-    args = dict(g_ptr=g_masked, w_ptr=w, dx_ptr=dx, ROWS=rows,
-                sg_n=sg[0], sg_c=sg[1], sg_h=sg[2], sg_w=sg[3], sw_k=swt[0], sw_c=swt[1], sw_r=swt[2], sw_s=swt[3],
-                sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3], **g.constants(),
-                PRECISION=precision(g_masked.dtype), INDEX_64=needs_int64(g_masked, dx))
-    return dx, Launch(dgrad_kernel, grid, args)
+    dx = torch.empty(geometry.x_shape, device=g_masked.device, dtype=g_masked.dtype,
+                     memory_format=torch.channels_last)
+    grid, constants = _dgrad_constants(geometry, g_masked.stride(), w.stride(), dx.stride(),
+                                       precision(g_masked.dtype))
+    return dx, Launch(dgrad_kernel, grid, dict(constants, g_ptr=g_masked, w_ptr=w, dx_ptr=dx))
+
+
+@functools.lru_cache(maxsize=512)
+def _dgrad_constants(g: ConvGeometry, sg, sw, sx, input_precision: str):
+    (sh, sw_), cg = g.stride, g.C // g.groups
+    rows = g.N * cdiv(g.H, sh) * cdiv(g.W, sw_)  # the largest stride phase's pixels
+    grid = lambda meta: (cdiv(rows, meta["BLOCK_M"]) * cdiv(cg, meta["BLOCK_N"]), g.groups, sh * sw_)
+    return grid, dict(ROWS=rows, sg_n=sg[0], sg_c=sg[1], sg_h=sg[2], sg_w=sg[3],
+                      sw_k=sw[0], sw_c=sw[1], sw_r=sw[2], sw_s=sw[3], sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
+                      **g.constants(), PRECISION=input_precision,
+                      INDEX_64=layouts_need_int64((g.y_shape, sg), (g.x_shape, sx)))
 
 
 def wgrad_plan(g_masked, x, geometry: ConvGeometry, sms: int | None = None):
     """(partials, Launch): dW of `geometry` as [splits, K, C/groups, R, S] fp32 partial sums, the reduction over
     pixels split for `sms` SMs (default: x's GPU's) so that the output tiles and splits fill one wave."""
-    g = geometry
+    splits, grid, constants = _wgrad_constants(geometry, x.dtype, x.stride(), g_masked.stride(),
+                                               sms if sms is not None else _sms(x.device), precision(x.dtype))
+    partials = torch.empty(splits, *geometry.w_shape, device=x.device, dtype=torch.float32)
+    return partials, Launch(wgrad_kernel, grid, dict(constants, x_ptr=x, g_ptr=g_masked, dw_ptr=partials))
+
+
+@functools.lru_cache(maxsize=512)
+def _wgrad_constants(g: ConvGeometry, dtype, sx, sg, sms: int, input_precision: str):
     kg, window, rows = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
-    bm, bn, bk, _, _ = usable_tiles("wgrad", x.dtype, kg, window)[0]
-    tiles = lambda meta: triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(window, meta["BLOCK_N"])
-    splits = wgrad_splits(tiles(dict(BLOCK_M=bm, BLOCK_N=bn)) * g.groups, triton.cdiv(rows, bk),
-                          sms if sms is not None else _sms(x.device))
-    partials = torch.empty(splits, *g.w_shape, device=x.device, dtype=torch.float32)
-    sx, sp = x.stride(), partials.stride()
-    args = dict(x_ptr=x, g_ptr=g_masked, dw_ptr=partials, ROWS=rows, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
-                sw_split=sp[0], sw_k=sp[1], sw_c=sp[2], sw_r=sp[3], sw_s=sp[4], **g.constants(), GROUPS=g.groups,
-                PRECISION=precision(x.dtype), INDEX_64=needs_int64(x, g_masked))
-    return partials, Launch(wgrad_kernel, lambda meta: (tiles(meta), g.groups, splits), args)
+    bm, bn, bk, _, _ = usable_tiles("wgrad", dtype, kg, window)[0]
+    tiles = lambda bm, bn: cdiv(kg, bm) * cdiv(window, bn)
+    splits = wgrad_splits(tiles(bm, bn) * g.groups, cdiv(rows, bk), sms)
+    sp = contiguous_strides((splits, *g.w_shape))
+    grid = lambda meta: (tiles(meta["BLOCK_M"], meta["BLOCK_N"]), g.groups, splits)
+    return splits, grid, dict(ROWS=rows, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
+                      sw_split=sp[0], sw_k=sp[1], sw_c=sp[2], sw_r=sp[3], sw_s=sp[4], **g.constants(), GROUPS=g.groups,
+                      PRECISION=input_precision, INDEX_64=layouts_need_int64((g.x_shape, sx), (g.y_shape, sg)))
 
 
 # ----------------------------------------------------------------------------------------------------------

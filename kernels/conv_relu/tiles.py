@@ -12,6 +12,7 @@ import torch
 import triton
 
 from kernels.interpret import interpreting
+from kernels.tensors import cdiv
 
 TILES = {
     "fwd": [(128, 128, 64, 4, 3), (128, 64, 64, 4, 4)],
@@ -22,13 +23,14 @@ SMEM_BUDGET = 160 * 1024  # bytes for the pipelined operand tiles: sm_80 allows 
 RESIDENT_BLOCKS = 2  # 4-warp blocks of up to 255 registers a thread that one SM's 64K registers hold
 MIN_SPLIT_STEPS = 8  # wgrad's reduction is split across programs, each keeping at least this many BLOCK_K steps
 
-# The autotuner's key: every argument that changes the problem or the code, except the tile itself (the
-# tensors' dtypes are added by Triton). The batch (in ROWS) is part of the problem.
+# The autotuner's key: every argument that changes the layer or the code, except the tile itself (the
+# tensors' dtypes are added by Triton). Not the batch (in ROWS): a layer keeps the tile it was tuned with
+# (at the run's first step) for every batch size, so a ragged last batch or evaluation never re-tunes.
 GEOMETRY = ["H", "W", "P", "Q", "CG", "KG", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W"]
 KEYS = {
-    "fwd": ["ROWS", *GEOMETRY, "HAS_BIAS", "PRECISION", "INDEX_64"],
-    "dgrad": ["ROWS", *GEOMETRY, "PRECISION", "INDEX_64"],
-    "wgrad": ["ROWS", *GEOMETRY, "GROUPS", "PRECISION", "INDEX_64"],
+    "fwd": [*GEOMETRY, "HAS_BIAS", "PRECISION", "INDEX_64"],
+    "dgrad": [*GEOMETRY, "PRECISION", "INDEX_64"],
+    "wgrad": [*GEOMETRY, "GROUPS", "PRECISION", "INDEX_64"],
 }
 
 
@@ -87,4 +89,4 @@ def autotune(kernel: str):
 def wgrad_splits(programs: int, steps: int, sms: int) -> int:
     """How many programs share wgrad's reduction of `steps` BLOCK_K steps when the output tiles alone
     make `programs`: one wave, each of `sms` SMs holding RESIDENT_BLOCKS, each split keeping MIN_SPLIT_STEPS steps."""
-    return max(1, min(triton.cdiv(RESIDENT_BLOCKS * sms, programs), steps // MIN_SPLIT_STEPS))
+    return max(1, min(cdiv(RESIDENT_BLOCKS * sms, programs), steps // MIN_SPLIT_STEPS))
