@@ -436,13 +436,14 @@ class Run:
     def __init__(self, config: Config, layout, model: AlexNet, data: Data):
         self.config, self.layout, self.model, self.data = config, layout, model, data
         self.net = layout.wrap(model, config.seed)  # `model`, or under torchrun this rank's tower and/or DDP replica
-        if config.compile:
-            self.net = torch.compile(self.net)  # the parameters stay `model`'s: checkpoints are unchanged
+        # what runs the batches: `net`, or with --compile its compiled form (sharing its parameters; `net`
+        # is what is saved and restored, so checkpoints are the same either way)
+        self.runner = torch.compile(self.net) if config.compile else self.net
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.autocast, self.scaler = mixed_precision(config.amp, layout.device)
-        self.train_step = TrainStep(self.net, self.optimizer, self.scaler, self.autocast, layout.device)
+        self.train_step = TrainStep(self.runner, self.optimizer, self.scaler, self.autocast, layout.device)
         self.run_step = self.train_step  # or its CUDA graph:
         if config.cuda_graphs == "on" and layout.device.type == "cuda":
             blocker = capture_blockers(self.train_step, layout.device, distributed=layout.world_size > 1)
@@ -599,7 +600,7 @@ class Run:
             if stopped:
                 break
             epoch_metrics = self.train_metrics()
-            val = evaluate(self.net, val_loader, autocast=self.autocast, reduce=layout.sum_over_replicas)
+            val = evaluate(self.runner, val_loader, autocast=self.autocast, reduce=layout.sum_over_replicas)
             lr = self.optimizer.param_groups[0]["lr"]
             if config.lr_scheduler == "plateau":
                 self.scheduler.step(val["top1"])
@@ -676,7 +677,7 @@ def evaluate_resumed(config: Config, layout, state: dict) -> dict:
                                                   layout.device, config.workers,
                                                   dtype=AMP_DTYPES.get(config.amp, torch.float32))
     print(f"evaluating {config.resume}")
-    metrics = evaluate(run.net, val_loader, autocast=run.autocast, reduce=layout.sum_over_replicas)
+    metrics = evaluate(run.runner, val_loader, autocast=run.autocast, reduce=layout.sum_over_replicas)
     print(f"val: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.2f} %, top-5 {metrics['top5']:.2f} %")
     return metrics
 

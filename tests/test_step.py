@@ -194,3 +194,17 @@ def test_an_alexnet_step_reads_nothing_back():
     with HostReads() as mode:
         step(images, labels)
     assert mode.reads == 0
+
+
+@pytest.mark.slow  # Inductor compiles the network's forward and backward for the CPU: ~1 minute here
+def test_compile_trains_the_whole_network_and_saves_the_plain_model(tiny_data, tmp_path, capsys):
+    """--compile (torch.compile of the whole network) through the trainer: it trains, and its checkpoint
+    is the uncompiled model's (no torch.compile prefix in the keys), so evaluate and resume read it."""
+    from alexnet import checkpoint
+    from alexnet.train import get_args_parser, main
+    main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "4",
+                                       "--epochs", "1", "--compile", "--data-loader", "pil", "-j", "1"]))
+    assert "epoch 1/1: train loss" in capsys.readouterr().out
+    state = checkpoint.load(tmp_path / "checkpoint.pth")
+    assert set(state["model"]) == set(AlexNet(num_classes=3).state_dict()), sorted(state["model"])[:3]
+    assert state["args"]["compile"] is True
