@@ -12,8 +12,11 @@ import functools
 import torch
 
 
-def autocast_inputs(op):
-    """`op`, made to run in the autocast dtype whenever autocast is on for its first argument's device."""
+def autocast_inputs(op, weights: bool = True):
+    """`op`, made to run in the autocast dtype whenever autocast is on for its first argument's device.
+    With `weights=False` only the first argument (the activations) is cast: the op reads fp32 (master)
+    weights itself, casting them in a copy it makes anyway, and returns their gradients in fp32, so no
+    cast runs before it and none after its backward."""
     @functools.wraps(op)
     def call(x, *args, **kwargs):
         device_type = x.device.type
@@ -25,6 +28,8 @@ def autocast_inputs(op):
             return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
         with torch.autocast(device_type, enabled=False):
+            if not weights:
+                return op(cast(x), *args, **kwargs)
             return op(cast(x), *map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
 
     return call

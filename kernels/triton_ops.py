@@ -2,7 +2,8 @@
 
 All three ops are Triton: conv2d_relu (kernels.conv_relu: implicit-GEMM forward, dgrad and wgrad with
 bias and ReLU fused), LRN (kernels.local_response_norm) and max-pooling (kernels.maxpool).
-Under torch.autocast they run in the autocast dtype (kernels.autocast).
+Under torch.autocast they run in the autocast dtype (kernels.autocast); the conv reads fp32 weights and
+bias as they are (cast in the layout copy it makes anyway) and returns their gradients in fp32.
 """
 
 from kernels import Backend
@@ -11,4 +12,5 @@ from kernels.conv_relu import conv2d_relu
 from kernels.local_response_norm import lrn
 from kernels.maxpool import max_pool2d
 
-BACKEND = Backend("triton", *map(autocast_inputs, (conv2d_relu, lrn, max_pool2d)))
+BACKEND = Backend("triton", autocast_inputs(conv2d_relu, weights=False), autocast_inputs(lrn),
+                  autocast_inputs(max_pool2d))

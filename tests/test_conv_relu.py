@@ -366,3 +366,48 @@ def test_wgrad_is_reproducible_and_uses_no_atomics():
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1]), "[dW] differs between two calls"
     for path in Path(kernels.__file__).parent.rglob("*.py"):
         assert "atomic_" not in path.read_text(), f"[{path.name}] uses an atomic"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", ["3x2/2 g2", "s2d 5x4/(2,3) pad (1,2)"])
+def test_fp32_master_weights_give_the_16_bit_answers_and_fp32_gradients(case, dtype):
+    """With fp32 weight and bias and 16-bit x (the trainer's master weights), the conv computes exactly what
+    it computes on the weights cast to x's dtype, and returns dW and db in fp32: the fp32 sums that the
+    16-bit path rounds (so no cast runs after the backward)."""
+    x_shape, w_shape, stride, padding, groups, bias = ODD[case]
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    x, b = x.to(dtype), b.to(dtype).float()  # an fp32 bias is added unrounded: make it one the 16-bit path has
+    w16, b16 = w.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+    w, b = w.requires_grad_(), b.requires_grad_()
+    x16, x32 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y16, y = conv2d_relu(x16, w16, b16, stride, padding, groups), conv2d_relu(x32, w, b, stride, padding, groups)
+    assert y.dtype == dtype and torch.equal(y, y16), f"[{case}.y] fp32 weights changed the forward"
+    dy = gradient_like(y)
+    y16.backward(dy)
+    y.backward(dy)
+    assert torch.equal(x32.grad, x16.grad), f"[{case}.dx] differs"
+    for name, master, cast in (("dW", w, w16), ("db", b, b16)):
+        assert master.grad.dtype == torch.float32, f"[{case}.{name}] is {master.grad.dtype}"
+        assert torch.equal(master.grad.to(dtype), cast.grad), f"[{case}.{name}] is not the sum the 16-bit path rounds"
+
+
+def test_under_autocast_the_triton_conv_reads_the_fp32_parameters_with_no_cast_node():
+    """Autocast casts only the activations for the Triton conv: the weight and bias reach the op (and their
+    gradients .grad) with no cast between, so a step has no per-weight cast and no gradient cast."""
+    x, w, b = make((2, 4, 9, 9), (8, 4, 3, 3), True, torch.float32)
+    w, b = w.requires_grad_(), b.requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y = kernels.backend("triton").conv2d_relu(x, w, b, 1, 1, 1)
+    assert y.dtype == torch.bfloat16
+    inputs = [fn for fn, _ in y.grad_fn.next_functions if fn is not None]
+    assert [type(fn).__name__ for fn in inputs].count("AccumulateGrad") == 2, [type(fn).__name__ for fn in inputs]
+    y.float().sum().backward()
+    assert w.grad.dtype == b.grad.dtype == torch.float32
+
+
+def test_a_16_bit_weight_with_fp32_x_is_refused():
+    x, w, b = make((1, 4, 9, 9), (8, 4, 3, 3), True, torch.float32)
+    with pytest.raises(TypeError, match="weight has dtype torch.bfloat16 but x has torch.float32"):
+        conv2d_relu(x, w.to(torch.bfloat16), None)
+    with pytest.raises(ValueError, match="bias must have shape \\(8,\\) and weight's dtype torch.float32"):
+        conv2d_relu(x.to(torch.bfloat16), w, b.to(torch.bfloat16))

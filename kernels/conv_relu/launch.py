@@ -98,7 +98,8 @@ def _mask_constants(shape, strides, bias: bool):
 
 def fwd_plan(x, weight, bias, geometry: ConvGeometry):
     """(y, Launch) of the forward of `geometry` (a stride-1 form already applied to x and weight)."""
-    w = weight.contiguous(memory_format=torch.channels_last)  # (r, s, c) contiguous: the reduction
+    # (r, s, c) contiguous for the reduction, in x's dtype: fp32 master weights are cast in the same copy
+    w = weight.to(x.dtype, memory_format=torch.channels_last)
     y = torch.empty(geometry.y_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     grid, constants = _fwd_constants(geometry, x.stride(), w.stride(), y.stride(),
                                      bias.stride(0) if bias is not None else None, precision(x.dtype))
@@ -118,7 +119,8 @@ def _fwd_constants(g: ConvGeometry, sx, sw, sy, sb, input_precision: str):
 
 def dgrad_plan(g_masked, weight, geometry: ConvGeometry):
     """(dx, Launch): the input gradient of `geometry` from the masked output gradient."""
-    w = weight.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # k contiguous: the reduction
+    # k contiguous for the reduction, in the gradient's dtype (fp32 master weights cast in the same copy)
+    w = weight.permute(1, 2, 3, 0).to(g_masked.dtype, memory_format=torch.contiguous_format).permute(3, 0, 1, 2)
     dx = torch.empty(geometry.x_shape, device=g_masked.device, dtype=g_masked.dtype,
                      memory_format=torch.channels_last)
     grid, constants = _dgrad_constants(geometry, g_masked.stride(), w.stride(), dx.stride(),
@@ -170,10 +172,11 @@ def _check(x, weight, bias):
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"conv2d_relu: x has dtype {x.dtype}; supported: float16, bfloat16, float32")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"conv2d_relu: weight has dtype {weight.dtype} but x has {x.dtype}; they must match")
-    if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (weight.shape[0],)):
-        raise ValueError(f"conv2d_relu: bias must have shape ({weight.shape[0]},) and x's dtype {x.dtype}, "
+    if weight.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"conv2d_relu: weight has dtype {weight.dtype} but x has {x.dtype}; it must be x's, or "
+                        f"float32 (master weights, cast as the kernels read them)")
+    if bias is not None and (bias.dtype != weight.dtype or tuple(bias.shape) != (weight.shape[0],)):
+        raise ValueError(f"conv2d_relu: bias must have shape ({weight.shape[0]},) and weight's dtype {weight.dtype}, "
                          f"got {tuple(bias.shape)} {bias.dtype}")
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
@@ -246,8 +249,8 @@ def conv2d_relu_wgrad(dy, y, x, weight_shape, stride=1, padding=0, groups=1, bia
 def _backward(dy, y, x, weight, geometry: ConvGeometry, needs=(True, True, True)):
     g, db = _relu_mask(dy, y, bias=needs[2])
     dx = _dgrad(g, weight, geometry) if needs[0] else None
-    dw = _wgrad(g, x, geometry).to(x.dtype) if needs[1] else None
-    return dx, dw, db.to(x.dtype) if needs[2] else None
+    dw = _wgrad(g, x, geometry).to(weight.dtype) if needs[1] else None  # fp32 master weights: no cast
+    return dx, dw, db.to(weight.dtype) if needs[2] else None
 
 
 def conv2d_relu_bwd(dy, y, x, weight, stride=1, padding=0, groups=1, needs=(True, True, True)):
