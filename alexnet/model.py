@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet import master_weights
 from alexnet.layers import CONVS, INPUT, LINEARS, LRN, POOL, POOL_NO_OVERLAP
 from kernels import backend
 
@@ -50,6 +51,7 @@ class AlexNet(nn.Module):
         self.fc7 = nn.Linear(*LINEARS["fc7"])
         self.fc8 = nn.Linear(LINEARS["fc8"][0], num_classes)
         self.dropout = nn.Dropout(dropout)
+        self.copy_of = None  # see read_copies
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "paper"):
@@ -65,6 +67,18 @@ class AlexNet(nn.Module):
                 nn.init.normal_(layer.weight, 0.0, std)
                 bias = (1.0 if init == "paper" else 0.1) if name in BIAS_ONE else 0.0
                 nn.init.constant_(layer.bias, bias)
+
+    def read_copies(self, copy_of) -> None:
+        """Under autocast, have fc6-fc8 read the 16-bit copies `copy_of(parameter)` of their fp32 weights
+        (kept by the optimizer) instead of casting them, and give fp32 gradients (alexnet.master_weights).
+        None: autocast's casts."""
+        self.copy_of = copy_of
+
+    def _linear(self, layer: nn.Linear, x):
+        if self.copy_of is None or not torch.is_autocast_enabled(x.device.type):
+            return layer(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return master_weights.linear(layer, x, self.copy_of)
 
     def _conv(self, layer: nn.Conv2d, x):
         return self.ops.conv2d_relu(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.groups)
@@ -91,6 +105,6 @@ class AlexNet(nn.Module):
         x = stage("conv4", self._conv(self.conv4, x))
         x = stage("conv5", self._conv(self.conv5, x))
         x = stage("pool5", ops.max_pool2d(x, **self.pool))
-        x = stage("fc6", F.relu(self.fc6(self.dropout(torch.flatten(x, 1)))))
-        x = stage("fc7", F.relu(self.fc7(self.dropout(x))))
-        return stage("fc8", self.fc8(x))
+        x = stage("fc6", F.relu(self._linear(self.fc6, self.dropout(torch.flatten(x, 1)))))
+        x = stage("fc7", F.relu(self._linear(self.fc7, self.dropout(x))))
+        return stage("fc8", self._linear(self.fc8, x))
