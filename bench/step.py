@@ -12,33 +12,40 @@ interpreter is never entered. A TorchDispatchMode sees every ATen op the step ru
 would get them. Per row (one backend x one --amp):
 
 COUNTS (exact, from the ops the step runs)
-  launches      GPU kernel launches by kind: triton (ours), gemm (mm, addmm, cuDNN convolutions: dgrad and
-                wgrad one each), elementwise, reduction, copy (copies, dtype casts, pads, cat), optimizer
-                (everything the optimizer's step runs; a foreach op counts the launches CUDA's
-                multi_tensor_apply makes: 65536-element chunks, at most 320 blocks a launch), other (pooling,
-                loss, dropout, top-k, ...). Views, allocations and metadata launch nothing.
+  launches      GPU kernel launches by kind: triton (ours), gemm (mm, addmm, cuDNN convolutions: one launch per
+                gradient convolution_backward computes, its bias gradient included), elementwise (fills
+                included), reduction (log-softmax and the loss's sum included), copy (copies, dtype casts, pads,
+                cat, stack), optimizer (everything the optimizer's step runs; a foreach op counts the launches
+                CUDA's multi_tensor_apply makes: 65536-element chunks, at most 320 blocks a launch), other
+                (pooling, dropout, top-k, the loss's backward). Views, allocations and metadata launch nothing.
   host_reads    tensor-to-host reads: .item() (and bool/float/int of a tensor), .tolist(), .cpu(), .numpy().
   bytes_outside_kernels   bytes moved by every launch that is not one of our Triton kernels: each op's tensor
                 inputs read once and its outputs written once. An in-place op reads and writes its operand
                 (a copy, fill or random fill only writes it); a GEMM reads each operand once (L2 reuse assumed
                 perfect), so these are floors.
 MEASURED on this machine
-  host_us       wall-clock µs of the counted step on fake tensors, our kernels stubbed: Python, dispatch and
-                FakeTensorMode's shape work (no compute), so an upper bound of the eager host time.
-  host_us_per_op   (triton rows) µs per Triton op call, forward and backward, kernels stubbed, on tiny CPU
-                tensors (so torch's ops around the kernel cost their dispatch only), best of 5.
+  host_us       wall-clock µs of the step on fake tensors, our kernels stubbed, best of 5: Python, dispatch and
+                FakeTensorMode's shape work, no compute. Not on the meta device, which cannot run the step
+                (kernels/autocast.py asks autocast about the tensors' device); not on real CPU tensors, which
+                would compute. An upper bound of the eager host time on this CPU.
+  host_us_per_op   µs per Triton op call, forward and backward, kernels stubbed, on tiny CPU tensors (so
+                torch's ops around the kernel cost their dispatch only), best of 5 (printed under the table,
+                in the JSON's triton rows).
 ESTIMATE (H100 SXM; no GPU ran)
   est_device_ms our kernels from perf.aot's estimate when --aot-json gives its report (per layer and op, the
                 tile with the best estimate, as its step roll-up), else each launch's floor (perf.work's FLOPs
-                and bytes, bench.costs' peaks); every other op at HBM speed (3.35 TB/s); GEMMs at cuBLAS's
-                floor, max(FLOPs at the dense bf16 or tf32 peak, bytes at HBM speed).
+                and bytes, bench.costs' peaks; a launch perf.launches does not plan: its tensors' bytes at HBM
+                speed); every other op at HBM speed (3.35 TB/s); GEMMs at cuBLAS's floor, max(FLOPs at the
+                dense bf16 or tf32 peak, bytes at HBM speed).
 
-Where CUDA would run other ops than the CPU the fakes claim to be on, the step takes CUDA's choice: the
-optimizer's foreach kernels (torch's default on CUDA) and the fused dropout kernel (one launch, not a
-bernoulli, a division and a product). Autocast follows the CPU's op lists (the same for this model's convs and
-linears; the loss may differ from CUDA's by a cast). --compile (the whole model under torch.compile) cannot
-run on fake tensors: those rows count the step with the model uncompiled, say so, and Inductor's fusion is
-not counted.
+Where CUDA would run other ops than the CPU the fakes are on, the step takes CUDA's choice: the optimizer's
+foreach kernels (torch's default on CUDA), the fused dropout kernel (one launch, not a bernoulli, a division
+and a product), wgrad's reduction split for an H100's 132 SMs. Autocast follows the CPU's op lists (the same
+for this model's convs and linears; the loss may differ from CUDA's by a cast), and the torch backend's LRN
+runs in fp32 under bf16, as on a CPU (kernels/torch_ops.py). torch.compile cannot run on fake tensors (Inductor
+crashes): in the compile and --compile rows, what it would compile (the three ops; the whole network) runs
+eagerly and its ops, forward and backward, are left out of the counts (compiled_ops_not_counted; the estimate
+is marked *); the rest of the step is counted.
 """
 
 import argparse
@@ -79,7 +86,7 @@ COPIES = {aten._to_copy.default, aten.copy_.default, aten.clone.default, aten.co
 WRITE_ONLY = {aten.copy_.default, aten.fill_.Scalar, aten.fill_.Tensor, aten.zero_.default, aten.bernoulli_.float,
               aten.normal_.default, aten.uniform_.default}  # their first argument is written, not read
 FILLS = {aten.zeros.default, aten.ones.default, aten.full.default, aten.zeros_like.default, aten.ones_like.default,
-         aten.full_like.default, aten.scalar_tensor.default, *WRITE_ONLY - {aten.copy_.default}}  # one elementwise kernel
+         aten.full_like.default, aten.scalar_tensor.default, *WRITE_ONLY - {aten.copy_.default}}  # one kernel each
 ROW_REDUCTIONS = {aten._log_softmax.default, aten._log_softmax_backward_data.default, aten._softmax.default,
                   aten._softmax_backward_data.default, aten.nll_loss_forward.default}
 CHUNK, BLOCKS_PER_LAUNCH, TENSORS_PER_LAUNCH = 65536, 320, (110, 64, 48, 36, 30)  # CUDA's multi_tensor_apply
@@ -437,7 +444,7 @@ def _grid(grid, args):
 
 
 def count_step(step, images, labels, estimates: KernelEstimates, regions: CompiledRegions | None = None,
-               warmup: int = 1, repeats: int = 3) -> Count:
+               warmup: int = 1, repeats: int = 5) -> Count:
     """Run `step(images, labels)` (a TrainStep) `warmup` times, once counted, then `repeats` times for the host
     time (the best), with our kernels stubbed; returns the count with `host_us` set."""
     count = Count()
@@ -518,8 +525,10 @@ def row_name(backend: str, compile_model: bool) -> str:
     return f"{backend} --compile" if compile_model else backend
 
 
-def measure_row(backend: str, amp: str, batch: int, compile_model: bool, aot_json: Path | None) -> dict:
-    """One row: the counts, host time and estimate of one training step (see the module's docstring)."""
+def measure_row(backend: str, amp: str, batch: int, compile_model: bool, aot_json: Path | None,
+                host_us_per_op: dict | None = None) -> dict:
+    """One row: the counts, host time and estimate of one training step (see the module's docstring), and
+    `host_us_per_op` (triton_op_host_us) in a triton row."""
     estimates = KernelEstimates(aot_json)
     with FakeTensorMode():
         step, images, labels, regions = trainer_step(backend, amp, batch, compile_model)
@@ -541,8 +550,8 @@ def measure_row(backend: str, amp: str, batch: int, compile_model: bool, aot_jso
                host_reads=count.host_reads, bytes_outside_kernels=count.bytes_outside_kernels,
                host_us=round(count.host_us), est_device_ms=round(count.est_device_s * 1e3, 3),
                est_triton_from=dict(estimates.sources), compiled_ops_not_counted=count.compiled_ops, notes=notes)
-    if backend == "triton":
-        row["host_us_per_op"] = {op: {k: round(v, 1) for k, v in us.items()} for op, us in triton_op_host_us().items()}
+    if backend == "triton" and host_us_per_op:
+        row["host_us_per_op"] = {op: {k: round(v, 1) for k, v in us.items()} for op, us in host_us_per_op.items()}
     return row
 
 
@@ -558,9 +567,10 @@ def table(rows: list[dict]) -> str:
              for line in cells]
     for r in rows:
         lines += [f"{r['backend']} {r['amp']}: {note}" for note in r["notes"]]
-        for op, us in r.get("host_us_per_op", {}).items():
-            lines.append(f"{r['backend']} {r['amp']}: host us per call, kernel stubbed: {op} fwd {us['fwd']:.1f}, "
-                         f"bwd {us['bwd']:.1f}")
+    per_op = next((r["host_us_per_op"] for r in rows if "host_us_per_op" in r), {})
+    if per_op:
+        lines.append("host us per Triton op call, kernel stubbed (tiny CPU tensors, best of 5): " + "; ".join(
+            f"{op} fwd {us['fwd']:.1f} bwd {us['bwd']:.1f}" for op, us in per_op.items()))
     return "\n".join(lines)
 
 
@@ -597,11 +607,12 @@ def _parse_args(argv):
 def main(argv=None) -> list[dict]:
     args = _parse_args(argv)
     variants = [(k, False) for k in args.kernels] + [(k, True) for k in args.compiled]
+    per_op = triton_op_host_us() if "triton" in args.kernels + args.compiled else None
     rows = []
     for backend, compile_model in variants:
         for amp in args.amp:
             start = time.perf_counter()
-            rows.append(measure_row(backend, amp, args.batch_size, compile_model, args.aot_json))
+            rows.append(measure_row(backend, amp, args.batch_size, compile_model, args.aot_json, per_op))
             print(f"[bench.step] {row_name(backend, compile_model)} --amp {amp}: {rows[-1]['launches']['total']} "
                   f"launches, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     print(f"One training step of AlexNet (1000 classes), batch {args.batch_size}: launches, host reads and bytes "
