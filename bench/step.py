@@ -141,26 +141,25 @@ def op_bytes(func, args, kwargs, out) -> int:
             read += tensors
         if arg.alias_info is not None and arg.alias_info.is_write:
             written += tensors
-    ids = {id(t) for t in written}
-    written += [t for t in _tensors(out) if id(t) not in ids and not any(t is r for r in read)]
+    known = {id(t) for t in read + written}  # an in-place op returns its operand: written once already
+    written += [t for t in _tensors(out) if id(t) not in known]
     return _nbytes(read) + _nbytes(written)
 
 
 def gemm_flops(func, args, out) -> int:
     """FLOPs of a GEMM or cuDNN convolution op (convolution_backward: dgrad and wgrad, each the forward's)."""
     if func in (aten.mm.default, aten.bmm.default, aten.mv.default):
-        a = args[0]
-        return 2 * out.numel() * a.shape[-1]
+        return 2 * out.numel() * args[0].shape[-1]
     if func in (aten.addmm.default, aten.baddbmm.default, aten.addmv.default):
         return 2 * out.numel() * args[1].shape[-1]
     if func == aten.convolution.default:
-        weight = args[1]
-        return 2 * out.numel() * math.prod(weight.shape[1:])
+        return 2 * out.numel() * math.prod(args[1].shape[1:])
     grad_out, weight, mask = args[0], args[2], args[-1]  # convolution_backward
     return 2 * grad_out.numel() * math.prod(weight.shape[1:]) * sum(mask[:2])
 
 
 def gemm_launches(func, args) -> int:
+    """1, or per gradient convolution_backward computes (its output mask: input, weight, bias)."""
     return sum(args[-1][:2]) + args[-1][2] if func == aten.convolution_backward.default else 1
 
 
@@ -209,11 +208,10 @@ class CountingMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         if func.namespace != "aten" or func in NO_LAUNCH or is_view(func):
             return out
-        name = str(func.overloadpacket.__name__)
-        nbytes = op_bytes(func, args, kwargs, out)
         if self.regions is not None and self.regions.active():
             self.count.compiled_ops += 1
             return out
+        name, nbytes = func.overloadpacket.__name__, op_bytes(func, args, kwargs, out)
         if name.startswith(("_foreach_", "_fused_")):
             launches, kind = multi_tensor_launches(func, args), "optimizer"
         else:
@@ -301,33 +299,27 @@ class KernelEstimates:
             self._works = {launch_key(kernel_name(kernel), args): work for _, kernel, args, work in launches()}
         return self._works
 
-    def seconds(self, name: str, grid, args: dict) -> float:
+    def seconds(self, name: str, args: dict) -> float:
         work = self.works().get(launch_key(name, args))
         if work is None:
             self.sources["tensor bytes"] += 1
             return _nbytes(_tensors(list(args.values()))) / GPU.bandwidth
-        estimate = self.aot.get((work["layer"], work["op"], work["dtype"]))
+        step_dtype = "bf16" if work["dtype"] in ("bf16", "fp16") else "tf32"
+        estimate = self.aot.get((work["layer"], work["op"], step_dtype))
         if estimate is not None:
             self.sources["perf.aot"] += 1
             return estimate
         self.sources["floor"] += 1
-        peak = GPU.tflops["bf16" if work["dtype"] in ("bf16", "fp16") else "tf32"] * 1e12
+        peak = GPU.tflops[step_dtype] * 1e12
         return max(2 * work["macs"] / peak, work["bytes"] / GPU.bandwidth)
 
 
 def _aot_step_estimates(path: Path) -> dict:
-    """{(layer, op, dtype): H100 seconds} from perf.aot's step roll-ups (bf16 and tf32; fp32 LRN/pool in the
-    tf32 step)."""
+    """{(layer, op, step dtype): H100 seconds} from perf.aot's step roll-ups, "bf16" and "tf32" (whose LRN and
+    max-pool run fp32); the fully connected layers, at cuBLAS's floor there, are ATen GEMMs here."""
     rollup = json.loads(path.read_text())["rollup"]
-    estimates = {}
-    for roll in rollup.values():
-        for entry in roll["layers"]:
-            if entry["label"]:  # the fully connected layers' floors are cuBLAS's, counted as ATen GEMMs here
-                dtype = next(d for d in ("bf16", "fp16", "tf32", "fp32") if d in entry["label"].replace(
-                    "bfloat16", "bf16").replace("float16", "fp16").replace("float32 tf32", "tf32").replace(
-                    "float32", "fp32"))
-                estimates[(entry["layer"], entry["op"], dtype)] = entry["h100"]["seconds"]
-    return estimates
+    return {(entry["layer"], entry["op"], roll["dtype"]): entry["h100"]["seconds"]
+            for roll in rollup.values() for entry in roll["layers"] if not entry["layer"].startswith("fc")}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -464,7 +456,7 @@ def count_step(step, images, labels, estimates: KernelEstimates, regions: Compil
     for hook in hooks:
         hook.remove()
     for name, grid, args in count.triton:  # estimated outside the modes: perf.launches plans on meta tensors
-        count.add("triton", name, 1, _nbytes(_tensors(list(args.values()))), estimates.seconds(name, grid, args))
+        count.add("triton", name, 1, _nbytes(_tensors(list(args.values()))), estimates.seconds(name, args))
     best = math.inf
     with as_on_cuda(), stubbed_launches(lambda *a: None), host_reads_counted(uncounted), CountingMode(uncounted):
         for _ in range(repeats):
@@ -595,7 +587,7 @@ def _parse_args(argv):
     if args.aot_json is not None:
         try:
             _aot_step_estimates(args.aot_json)
-        except (OSError, ValueError, KeyError, TypeError, StopIteration) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"argument --aot-json: {args.aot_json} is not perf.aot --report --json's output "
                          f"({type(error).__name__}: {error})")
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
