@@ -60,8 +60,6 @@ from collections import Counter
 from pathlib import Path
 from unittest import mock
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton ops accept the fakes' CPU device only then; none runs
-
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -598,6 +596,8 @@ def _parse_args(argv):
 
 def main(argv=None) -> list[dict]:
     args = _parse_args(argv)
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: the ops accept the fakes' CPU tensors only
+    # then (kernels.tensors.check_device); no kernel runs either way
     variants = [(k, False) for k in args.kernels] + [(k, True) for k in args.compiled]
     per_op = triton_op_host_us() if "triton" in args.kernels + args.compiled else None
     rows = []

@@ -1,5 +1,7 @@
 """bench.step: launches by kind and bytes counted exactly on a hand-checked conv+ReLU step (torch and triton),
-host reads detected, the Triton kernels stubbed (the interpreter never entered), the command's rows and errors."""
+host reads detected, the Triton kernels stubbed (the interpreter never entered), the command's rows and errors.
+The step runs on CPU tensors (fake ones for the trainer's step), which the Triton ops take in the interpreter only:
+the tests that give them to the Triton ops say so (@needs_interpreter)."""
 
 import json
 import subprocess
@@ -11,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import kernels
 from bench import step as bench_step
+from tests.devices import needs_interpreter
 
 FP32 = 4
 
@@ -61,6 +64,7 @@ def test_a_torch_conv_step_is_counted_by_kind_and_byte():
     assert count.host_reads == 0 and count.triton == []
 
 
+@needs_interpreter  # the Triton ops on CPU tensors
 def test_a_triton_conv_step_counts_its_launches_and_only_the_rest_as_bytes_outside():
     count, (n, c, h, w), w_shape = conv_step_count("triton")
     k = w_shape[0]
@@ -77,6 +81,7 @@ def test_a_triton_conv_step_counts_its_launches_and_only_the_rest_as_bytes_outsi
     assert tuple(x_tensor.shape) == (n, c, h, w)
 
 
+@needs_interpreter  # the Triton ops on CPU tensors
 def test_the_triton_kernels_never_run_and_one_started_around_launch_is_refused(monkeypatch):
     from triton.runtime import interpreter
 
