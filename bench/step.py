@@ -25,7 +25,8 @@ COUNTS (exact, from the ops the step runs)
                 perfect), so these are floors.
 MEASURED on this machine
   host_us       wall-clock µs of the step on fake tensors, our kernels stubbed, best of 5: Python, dispatch and
-                FakeTensorMode's shape work, no compute. Not on the meta device, which cannot run the step
+                FakeTensorMode's shape work, no compute (and the counting mode's Python when the step reads
+                from the device: .item() needs its stand-in value). Not on the meta device, which cannot run the step
                 (kernels/autocast.py asks autocast about the tensors' device); not on real CPU tensors, which
                 would compute. An upper bound of the eager host time on this CPU.
   host_us_per_op   µs per Triton op call, forward and backward, kernels stubbed, on tiny CPU tensors (so
@@ -455,8 +456,9 @@ def count_step(step, images, labels, estimates: KernelEstimates, regions: Compil
         hook.remove()
     for name, grid, args in count.triton:  # estimated outside the modes: perf.launches plans on meta tensors
         count.add("triton", name, 1, _nbytes(_tensors(list(args.values()))), estimates.seconds(name, args))
-    best = math.inf
-    with as_on_cuda(), stubbed_launches(lambda *a: None), host_reads_counted(uncounted), CountingMode(uncounted):
+    best = math.inf  # with no mode unless .item() needs its stand-in value (then CountingMode's cost is in)
+    scalars = CountingMode(uncounted) if count.host_reads else contextlib.nullcontext()
+    with as_on_cuda(), stubbed_launches(lambda *a: None), host_reads_counted(uncounted), scalars:
         for _ in range(repeats):
             start = time.perf_counter()
             step(images, labels)
