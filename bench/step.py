@@ -26,9 +26,9 @@ COUNTS (exact, from the ops the step runs)
 MEASURED on this machine
   host_us       wall-clock µs of the step on fake tensors, our kernels stubbed, best of 5: Python, dispatch and
                 FakeTensorMode's shape work, no compute (and the counting mode's Python when the step reads
-                from the device: .item() needs its stand-in value). Not on the meta device, which cannot run the step
-                (kernels/autocast.py asks autocast about the tensors' device); not on real CPU tensors, which
-                would compute. An upper bound of the eager host time on this CPU.
+                from the device: .item() needs its stand-in value). Not on the meta device, which cannot run
+                the step (kernels/autocast.py asks autocast about the tensors' device); not on real CPU
+                tensors, which would compute. An upper bound of the eager host time on this CPU.
   host_us_per_op   µs per Triton op call, forward and backward, kernels stubbed, on tiny CPU tensors (so
                 torch's ops around the kernel cost their dispatch only), best of 5 (printed under the table,
                 in the JSON's triton rows).
