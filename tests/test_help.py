@@ -12,7 +12,7 @@ COMMANDS = {
     "alexnet.train": [], "alexnet.evaluate": [], "alexnet.predict": [], "alexnet.features": ["extract", "neighbours"],
     "alexnet.figures": ["filters", "curves", "predictions"], "alexnet.ablate": [], "alexnet.export": [],
     "data.embedded": [], "data.check": [], "data.prepare": [], "perf.aot": [], "bench.report": [],
-    "bench.roofline": [], "bench.plot": [],
+    "bench.roofline": [], "bench.step": [], "bench.plot": [],
 }
 
 
