@@ -57,7 +57,7 @@ def make_plans(root, per_class=PER_CLASS // 2, repeat=REPEAT, batch=BATCH) -> di
     for path in original.rglob("*.JPEG"):
         with Image.open(path) as image:
             image.resize(ORIGINAL_SIZE, Image.BICUBIC).save(path, format="JPEG", quality=ORIGINAL_QUALITY)
-    prepare_dataset(original, root / "prepared", WORKERS, progress=False)
+    prepare_dataset(original, root / "prepared", WORKERS, bar=False)
     plans = {}
     for name in ("original", "prepared"):
         _, train, _ = load_splits(root / name)
