@@ -16,8 +16,9 @@ Failure: every process group is made with `--dist-timeout` seconds, so a collect
 rank does not join in time raises instead of waiting for PyTorch's default of 10-30 minutes, and
 one whose peer died raises as soon as its connection drops. `run` turns either into a one-line
 error naming the rank. When rank 0 is refused the run's folder (in use, another run's), the other
-ranks stop at once with its reason (`Layout.on_main`). Only rank 0 writes checkpoints, atomically, so the last good one
-survives. Checkpoints are in the single-device AlexNet's format whatever the layout.
+ranks stop at once with its reason (`Layout.on_main`). Only rank 0 writes checkpoints, atomically,
+so the last good one survives. Checkpoints are in the single-device AlexNet's format whatever the
+layout.
 """
 
 import builtins
