@@ -93,7 +93,7 @@ class _PlanSource:
         p = self.plan
         files = [_read(p.paths[i], self.prepared) for i in rows]
         fields = np.column_stack([p.labels[rows], p.mean[rows], p.crop_x[rows], p.crop_y[rows], p.mirror[rows],
-                                  [len(data) for data in files]])  # lengths < 2^24: exact in float32
+                                  [len(data) for data in files]])  # read for prepared files: < 2^24, exact
         return _stacked(files) if self.prepared else files, fields.astype(np.float32)
 
 
