@@ -14,8 +14,9 @@ decoder on both versions.
 A round times the steady state: everything after the first batch, which pays for building the
 pipeline or starting the workers (recorded as extra_info["startup_s"]). extra_info also records
 img_per_s and train_thread_ms: the CPU time the training thread spends in the loader per batch
-(time.thread_time around each batch: the reading, checking and decoding the workers do is not in it,
-the copy of the batch out of DALI is). make_plan, first_batch and the_rest are bench.report's code path too.
+(time.thread_time around each batch: the reading, checking and decoding the workers do is not in it;
+DALI's receiving the files from its reading processes and handing the batch over is). make_plan,
+make_plans, first_batch and the_rest are bench.report's code path too.
 """
 
 import contextlib
