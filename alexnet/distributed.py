@@ -15,11 +15,14 @@ One GPU per process (LOCAL_RANK) with NCCL, or CPU processes with gloo.
 Failure: every process group is made with `--dist-timeout` seconds, so a collective that another
 rank does not join in time raises instead of waiting for PyTorch's default of 10-30 minutes, and
 one whose peer died raises as soon as its connection drops. `run` turns either into a one-line
-error naming the rank. Only rank 0 writes checkpoints, atomically, so the last good one
-survives. Checkpoints are in the single-device AlexNet's format whatever the layout.
+error naming the rank. When rank 0 is refused the run's folder (in use, another run's), the other
+ranks stop at once with its reason (`Layout.on_main`). Only rank 0 writes checkpoints, atomically,
+so the last good one survives. Checkpoints are in the single-device AlexNet's format whatever the
+layout.
 """
 
 import builtins
+import contextlib
 import functools
 import os
 import traceback
@@ -65,6 +68,28 @@ class Layout:
     def main(self) -> bool:
         """Rank 0 prints, and writes checkpoints and metrics."""
         return self.rank == 0
+
+    @contextlib.contextmanager
+    def on_main(self, context: contextlib.AbstractContextManager):
+        """Enter `context` (the run's folder) on rank 0 alone, for the block. Every rank learns whether
+        rank 0 could (a collective), so when rank 0 is refused the others stop at once, naming why,
+        rather than failing at their next exchange with a lost peer."""
+        with contextlib.ExitStack() as stack:
+            refusal = None
+            if self.main:
+                try:
+                    stack.enter_context(context)
+                except Exception as e:
+                    refusal = e
+            if self.world_size > 1:
+                shared = [None if refusal is None else str(refusal)]
+                dist.broadcast_object_list(shared, src=0)
+                if not self.main and shared[0]:
+                    raise SystemExit(f"error: rank {self.rank}: rank 0 could not start, so neither does this "
+                                     f"rank: {shared[0]}")
+            if refusal is not None:
+                raise refusal
+            yield
 
     def shard(self) -> dict:
         """data.plans' train_plan / val_plan keyword arguments for this replica's shard."""

@@ -6,8 +6,8 @@ lock goes with the process: one left by a killed run (its pid still in the file,
 ends empties) is no longer held, and is taken over with a note. A folder that holds another run's
 files is refused unless this run resumes from its checkpoint or was given --overwrite; with
 --overwrite the old files are removed only by `start`, once every check has passed, just before the
-first step. A folder this run made is removed again if the run fails before writing anything into
-it.
+first step. The folders this run made (--output-dir and any missing above it) are removed again if
+the run fails before writing anything into them.
 
 metrics.jsonl gets a line per epoch, appended and flushed to disk; a line cut short (a full disk, a
 kill mid-write) is dropped with a warning when the next run reads the file.
@@ -36,14 +36,14 @@ class RunFolder:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._lock = None  # the open lock file while this process holds it
-        self._made = False  # whether this run made the folder
+        self._made = []  # the folders this run made: the path and any missing above it, deepest first
         self._overwrite = False  # whether `start` removes another run's files
 
     @contextlib.contextmanager
     def claimed(self, resume: str, overwrite: bool):
         """Hold the folder for the block: made if missing, locked, and checked against `resume` and
-        `overwrite`. Afterwards the lock is let go, and the folder removed if this made it and nothing
-        was written into it."""
+        `overwrite`. Afterwards the lock is let go, and the folders this made removed if nothing was
+        written into them."""
         try:
             self._claim(resume, overwrite)
             yield self
@@ -52,7 +52,7 @@ class RunFolder:
 
     def _claim(self, resume: str, overwrite: bool) -> None:
         out = self.path
-        self._made = not out.exists()
+        self._made = [folder for folder in (out, *out.parents) if not folder.exists()]
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -102,9 +102,13 @@ class RunFolder:
             self._lock.truncate(0)  # ended, not killed
             self._lock.close()  # lets go of the flock
             self._lock = None
-        if self._made and self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
+        if self.path in self._made and self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
             (self.path / LOCK).unlink(missing_ok=True)
-            self.path.rmdir()
+        for folder in self._made:  # deepest first, up to the first that holds something
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def append_metrics(path: Path, record: dict) -> None:

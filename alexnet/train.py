@@ -660,7 +660,7 @@ def main(args: argparse.Namespace) -> dict | None:
         if config.test_only:
             return evaluate_resumed(config, layout, resumed)
         folder = RunFolder(config.output_dir)
-        with folder.claimed(config.resume, config.overwrite) if layout.main else contextlib.nullcontext():
+        with layout.on_main(folder.claimed(config.resume, config.overwrite)):
             return train(config, layout, resumed, lr_given="lr" in vars(args),
                          data_given="data_path" in vars(args), folder=folder)
     except (checkpoint.CheckpointError, FolderError, DatasetError) as e:

@@ -22,8 +22,9 @@ The stages, in this order (what matters most first; --stages runs a subset, stil
   profile      one profiler trace summary per backend's step: the kernels by device time, launches, device idle
   gpu-tests    the GPU-side pytest files (conv, LRN, max-pool, amp, compile) under a time cap, with their results
   dali-step    the training step fed by DALI (the paper's train transform on the embedded dataset), img/s
-  data         the data pipeline alone: DALI on the CPU and with the GPU decoder, and PIL, as many workers as the
-               process may use CPUs
+  data         the data pipeline alone, on 500x375 JPEGs and on the same prepared by data.prepare (256x256): DALI
+               on the CPU and with the GPU decoder on both, PIL on the first, as many workers as the process may
+               use CPUs; img/s, the training thread's ms per batch, prepared over original
   jit          what this run compiled: seconds and cache hit of each Triton build and autotuning, registers, spills
                and shared memory of each compiled kernel, torch.compile's graph and recompile counters
   clocks       clocks, power and throttle reasons, read after the timed stages
@@ -168,7 +169,7 @@ def make_plan(gpu: bool, quick: bool, all_dtypes: bool = False) -> dict:
                     lrn_pool=("lrn1", "pool1"), step_backends=["torch"], step_amps=["none"], compile_amps=[],
                     step_batch=1, agreement=None, profile=dict(backends=["torch"], amp="none", steps=1),
                     tests_timeout=None, dali_step=dict(backends=["torch"], amp="none"),
-                    data=dict(per_class=3, repeat=1, batch=10), rounds=1)
+                    data=dict(per_class=4, repeat=1, batch=10), rounds=1)
     return dict(batch=1, shrink=(16, 15), train_dtypes=["fp32", "bf16"], tile_dtypes=["fp32", "bf16", "fp16"],
                 time_dtypes=["fp32"], compile_dtypes=["fp32"], backends=["triton", "torch", "compile"], convs=None,
                 lrn_pool=LRN_POOL_LAYERS, step_backends=["torch", "compile"], step_amps=["none"],
@@ -882,22 +883,33 @@ def dali_step(run) -> list[dict]:
 
 
 def time_data_pipeline(run) -> list[dict]:
+    """The loaders alone on the same images at ImageNet's typical 500x375 ("original") and prepared by data.prepare
+    (256x256, "prepared": decoded at the crop, no resize): DALI on the CPU, PIL on the originals, and DALI's GPU
+    decoder ("mixed") on both on a GPU. img/s after the first batch, the training thread's CPU ms per batch, and
+    on a prepared row its img/s over the original's on the same decoder."""
     from bench.common import usable_cpus
-    from bench.test_data_pipeline import first_batch, the_rest
+    from bench.test_data_pipeline import first_batch, make_plans, the_rest
 
     p = run.plan["data"]
-    batches_plan = embedded_plan(run)
-    images = len(batches_plan) - p["batch"]  # the first batch pays for start-up: timed apart
-    cases = [("dali", "cpu"), ("pil", "cpu")] + ([("dali", "cuda")] if run.device.type == "cuda" else [])
-    rows = []
-    for loader, where in cases:
-        row = dict(loader=loader, device=where, workers=usable_cpus(), batch=p["batch"], images=images)
+    plans = make_plans(run.scratch / "original-prepared", p["per_class"] // 2, p["repeat"], p["batch"])
+    cases = [("dali", "cpu", "original"), ("dali", "cpu", "prepared"), ("pil", "cpu", "original")]
+    if run.device.type == "cuda":
+        cases += [("dali", "cuda", "original"), ("dali", "cuda", "prepared")]
+    rows, rates = [], {}
+    for loader, where, dataset in cases:
+        images = len(plans[dataset]) - p["batch"]  # the first batch pays for start-up: timed apart
+        row = dict(loader=loader, device=where, dataset=dataset, workers=usable_cpus(), batch=p["batch"],
+                   images=images)
         try:
-            batches, row["startup_s"] = first_batch(batches_plan, loader, where, usable_cpus(), p["batch"])
+            batches, row["startup_s"] = first_batch(plans[dataset], loader, where, usable_cpus(), p["batch"])
             start = time.perf_counter()
-            the_rest(batches, where)
+            _, thread_seconds = the_rest(batches, where)
             row["seconds"] = time.perf_counter() - start
             row["img_per_s"] = images / row["seconds"]
+            row["train_thread_ms"] = 1e3 * thread_seconds
+            rates[loader, where, dataset] = row["img_per_s"]
+            if dataset == "prepared" and (loader, where, "original") in rates:
+                row["vs_original"] = row["img_per_s"] / rates[loader, where, "original"]
         except Exception as error:
             row["exception"] = recorded(error, run.device)
         rows.append(row)
@@ -977,7 +989,7 @@ class Stage:
 STAGES = [Stage("train-check", train_check, 90), Stage("step", time_train_steps, 60),
           Stage("agreement", loss_agreement, 5), Stage("layers", time_layers, 95), Stage("tiles", check_every_tile, 15),
           Stage("profile", profile_steps, 10), Stage("gpu-tests", gpu_tests, 45), Stage("dali-step", dali_step, 15),
-          Stage("data", time_data_pipeline, 10), Stage("jit", jit_summary, 1), Stage("clocks", clocks, 1)]
+          Stage("data", time_data_pipeline, 20), Stage("jit", jit_summary, 1), Stage("clocks", clocks, 1)]
 
 
 @dataclass
@@ -1048,6 +1060,10 @@ SECTION_NOTES = {
               "CUDA graph (no host time, L2 not flushed); host_ms: time for the call to return; host_bound: host_ms >= "
               "the device time, so the event figure measures the launcher. On a CPU: wall clock, Triton interpreted.",
     "tiles": "Every tile the autotuner may pick at these shapes, forced one at a time through the launchers.",
+    "data": "The paper's train transform, batch as shown. original: 500x375 JPEGs; prepared: the same after "
+            "data.prepare (256x256). train_thread_ms: the training thread's CPU time per batch (target <= 1); "
+            "vs_original: prepared img/s over original's on the same decoder. Compare img_per_s with dali-step's "
+            "and step's: the smaller bounds training.",
 }
 
 
@@ -1164,7 +1180,11 @@ def stoppable():
     def on_alarm(signum, frame):
         raise TimeLimit()
 
+    main = os.getpid()
+
     def on_term(signum, frame):
+        if os.getpid() != main:  # a worker a stage forked (data.prepare's pool) inherits this: end as SIGTERM would
+            os._exit(128 + signum)
         raise Interrupted()
 
     previous = signal.signal(signal.SIGALRM, on_alarm), signal.signal(signal.SIGTERM, on_term)

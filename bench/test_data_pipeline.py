@@ -14,10 +14,13 @@ decoder on both versions.
 A round times the steady state: everything after the first batch, which pays for building the
 pipeline or starting the workers (recorded as extra_info["startup_s"]). extra_info also records
 img_per_s and train_thread_ms: the CPU time the training thread spends in the loader per batch
-(time.thread_time around each batch: the reading, checking and decoding the workers do is not in it,
-the copy of the batch out of DALI is). make_plan, first_batch and the_rest are bench.report's code path too.
+(time.thread_time around each batch: the reading, checking and decoding the workers do is not in it;
+DALI's receiving the files from its reading processes and handing the batch over is). make_plan,
+make_plans, first_batch and the_rest are bench.report's code path too.
 """
 
+import contextlib
+import io
 import time
 
 import pytest
@@ -57,7 +60,8 @@ def make_plans(root, per_class=PER_CLASS // 2, repeat=REPEAT, batch=BATCH) -> di
     for path in original.rglob("*.JPEG"):
         with Image.open(path) as image:
             image.resize(ORIGINAL_SIZE, Image.BICUBIC).save(path, format="JPEG", quality=ORIGINAL_QUALITY)
-    prepare_dataset(original, root / "prepared", WORKERS, progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # data.prepare's progress lines: not this benchmark's output
+        prepare_dataset(original, root / "prepared", WORKERS, bar=False)
     plans = {}
     for name in ("original", "prepared"):
         _, train, _ = load_splits(root / name)

@@ -9,7 +9,9 @@ names it). This decodes every file the loaders would read (train and val) with P
 and reports the ones that are empty, not an image, truncated or corrupt, or in a format DALI's
 decoder does not take (DALI reads JPEG, PNG, BMP, TIFF, PNM, JPEG 2000 and WebP; not GIF, for one).
 Both decoders go by a file's content, not its name: a PNG named .JPEG decodes fine in both and is
-not reported; nor are grayscale and CMYK JPEGs, which both convert to RGB.
+not reported; nor are grayscale and CMYK JPEGs, which both convert to RGB. Nor, since both decoders
+take it without an error, is a JPEG whose compressed data is corrupt but whose header and end marker
+are whole: it decodes to a garbled picture, and training uses it as it is.
 
 The list has one line per bad file, `<path relative to ROOT><TAB><reason>`, after a `#` comment
 line; `--exclude-list` on `python -m alexnet.train` reads it and leaves those files out.
@@ -19,6 +21,7 @@ import argparse
 import io
 import os
 import sys
+import time
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -35,6 +38,19 @@ QUICK_IN_PROCESS = 2000  # quick_check_all starts processes for more files than 
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask: a container's or a job's share, not the machine's)."""
     return len(os.sched_getaffinity(0))
+
+
+def progress(items, total: int, desc: str, bar: bool | None = None, unit: str = "img"):
+    """Yield `items` (`total` of them) and show how far they got: a tqdm bar on a terminal, or with
+    `bar` True; otherwise (a log file, a cluster job) a plain line on stdout at every 5 %."""
+    if sys.stderr.isatty() if bar is None else bar:
+        yield from tqdm(items, total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        return
+    every, start = max(1, total // 20), time.perf_counter()
+    for done, item in enumerate(items, 1):
+        yield item
+        if done % every == 0 or done == total:
+            print(f"{desc}: {done}/{total} {unit}, {done / (time.perf_counter() - start):.0f} {unit}/s", flush=True)
 
 
 def check_file(path: str | Path) -> str | None:
@@ -94,13 +110,13 @@ def quick_check_all(paths: list[str], workers: int) -> list[str]:
     return [f"{path}: {reason}" for path, reason in zip(paths, reasons) if reason]
 
 
-def check_dataset(root: Path, workers: int, progress: bool = True) -> list[tuple[str, str]]:
-    """(path relative to root, reason) for every bad file the loaders would read under `root`."""
+def check_dataset(root: Path, workers: int, bar: bool | None = None) -> list[tuple[str, str]]:
+    """(path relative to root, reason) for every bad file the loaders would read under `root`;
+    `bar`: as `progress` takes it."""
     _, train, val = load_splits(root)
     paths = [p for p, _ in train + val]
     with Pool(workers) as pool:
-        reasons = list(tqdm(pool.imap(check_file, paths, chunksize=32), total=len(paths), desc=f"checking {root}",
-                            unit="img", disable=not progress, dynamic_ncols=True))
+        reasons = list(progress(pool.imap(check_file, paths, chunksize=32), len(paths), f"checking {root}", bar))
     return [(str(Path(p).relative_to(root)), r) for p, r in zip(paths, reasons) if r]
 
 

@@ -66,10 +66,21 @@ def _read(path: str, prepared: bool) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def _stacked(files: list[np.ndarray]) -> np.ndarray:
+    """`files` as the rows of one (B, longest) uint8 array, each padded with zeros."""
+    rows = np.zeros((len(files), max(map(len, files))), np.uint8)
+    for row, data in zip(rows, files):
+        row[:len(data)] = data
+    return rows
+
+
 class _PlanSource:
     """DALI external source, run in worker processes: batch i of the plan as (encoded files, one
-    (B, 7) float32 array of each sample's label, mean RGB, crop x, crop y and mirror). One array for
-    the six small fields, not six lists of B: handing each array over costs the training thread."""
+    (B, 8) float32 array of each sample's label, mean RGB, crop x, crop y, mirror and file length).
+    Handing each array over costs the training thread (~4 us here), so the small fields go as one
+    array, not B lists; and a prepared dataset's files, all about one size, go as the rows of one
+    padded array (~0.02 ms a batch instead of ~0.5 ms for B arrays), which the pipeline cuts back to
+    their lengths. Other datasets' files go one by one: a few large ones would pad every row."""
 
     def __init__(self, plan: EpochPlan, batch_size: int, start_batch: int, prepared: bool):
         self.plan, self.batch_size, self.start_batch, self.prepared = plan, batch_size, start_batch, prepared
@@ -80,8 +91,10 @@ class _PlanSource:
             raise StopIteration
         rows = range(lo, min(lo + self.batch_size, len(self.plan)))
         p = self.plan
-        fields = np.column_stack([p.labels[rows], p.mean[rows], p.crop_x[rows], p.crop_y[rows], p.mirror[rows]])
-        return [_read(p.paths[i], self.prepared) for i in rows], fields.astype(np.float32)
+        files = [_read(p.paths[i], self.prepared) for i in rows]
+        fields = np.column_stack([p.labels[rows], p.mean[rows], p.crop_x[rows], p.crop_y[rows], p.mirror[rows],
+                                  [len(data) for data in files]])  # read for prepared files: < 2^24, exact
+        return _stacked(files) if self.prepared else files, fields.astype(np.float32)
 
 
 def hw_decoder_load(device: torch.device) -> float:
@@ -95,6 +108,8 @@ def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, sour
                                          prefetch_queue_depth=source_depth)
     labels, mean = fn.cast(fields[0:1], dtype=types.INT64), fields[1:4]  # labels < 2^24: exact in float32
     crop_x, crop_y, mirror = fields[4], fields[5], fn.cast(fields[6], dtype=types.INT32)
+    if prepared:  # the rows of one padded array: each cut back to its file
+        encoded = fn.slice(encoded, shape=fn.cast(fields[7:8], dtype=types.INT32), axes=[0])
     normalize = dict(dtype=dtype, output_layout="HWC", mean=mean, std=[1.0, 1.0, 1.0])
     if ten_crop:
         images = fn.decoders.image(encoded, **decoder)

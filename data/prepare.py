@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.check import available_cpus, check_file
+from data.check import available_cpus, check_file, progress
 from data.folder import PREPARED_MARKER, PREPARED_SIZE, PREPARED_VERSION, VAL_LABELS, DatasetError, load_splits
 from data.pil import open_rgb, resize_shorter
 
@@ -116,9 +116,9 @@ def _claim(destination: Path, quality: int):
 
 
 def prepare_dataset(source: Path, destination: Path, workers: int, quality: int = DEFAULT_QUALITY,
-                    progress: bool | None = None) -> list[tuple[str, str]]:
+                    bar: bool | None = None) -> list[tuple[str, str]]:
     """Prepare `source` into `destination`; (path relative to source, reason) for each bad file skipped.
-    `progress`: a bar (True), plain lines (False), or a bar on a terminal only (None)."""
+    `bar`: as data.check.progress takes it."""
     source, destination = source.resolve(), destination.resolve()
     if destination == source or any(destination.is_relative_to(source / split) for split in ("train", "val")):
         raise DatasetError(f"DST {destination} must not be SRC or a folder inside its train or val split")
@@ -134,26 +134,22 @@ def prepare_dataset(source: Path, destination: Path, workers: int, quality: int 
           f"done, {len(todo)} to do, {workers} processes, JPEG quality {quality}", flush=True)
 
     bad, written = [], 0
-    bar = progress if progress is not None else sys.stderr.isatty()
-    line_every = max(1, len(todo) // 20)
     start = time.perf_counter()
-    with Pool(workers) as pool, tqdm(total=len(todo), unit="img", disable=not bar, dynamic_ncols=True) as meter:
-        for done, (path, reason, nbytes) in enumerate(pool.imap_unordered(_prepare_file, todo, chunksize=8), 1):
-            meter.update()
+    with Pool(workers) as pool:
+        results = progress(pool.imap_unordered(_prepare_file, todo, chunksize=8), len(todo), "preparing", bar)
+        for done, (path, reason, nbytes) in enumerate(results, 1):
             written += nbytes
             if reason:
                 bad.append((str(Path(path).relative_to(source)), reason))
-                meter.write(f"bad file skipped: {path}: {reason}")
+                tqdm.write(f"bad file skipped: {path}: {reason}")
             if done == min(SAMPLE, len(todo)) and done - len(bad) > 0:
                 need, line = _estimate(done - len(bad), time.perf_counter() - start, written, workers, len(todo) - done)
-                meter.write(line)
+                tqdm.write(line)
                 free = shutil.disk_usage(destination).free
                 if need * SPACE_MARGIN > free:
                     raise DatasetError(f"{destination} has {free / 2**30:.2f} GiB free; the remaining images need "
                                        f"~{need / 2**30:.2f} GiB (x{SPACE_MARGIN} margin). Free some space and run "
                                        f"again: the images written so far are kept")
-            if not bar and (done % line_every == 0 or done == len(todo)):
-                print(f"{done}/{len(todo)} images, {done / (time.perf_counter() - start):.0f} img/s", flush=True)
 
     _finish(source, destination, quality, len(relative), bad)
     return bad

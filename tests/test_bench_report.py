@@ -85,6 +85,9 @@ def test_quick_report_on_the_cpu(tmp_path):
     rates = report["step"] + report["data"] + report["dali-step"]
     assert all(row.get("img_per_s") for row in rates), f"[report.json] img/s missing: {rates}"
     assert all(row["workers"] == len(os.sched_getaffinity(0)) for row in report["data"]), report["data"]
+    assert [(row["loader"], row["dataset"]) for row in report["data"]] == [
+        ("dali", "original"), ("dali", "prepared"), ("pil", "original")], "[data] original and prepared images"
+    assert report["data"][1]["vs_original"] > 0 and all(row["train_thread_ms"] > 0 for row in report["data"])
     assert report["profile"] and all(row.get("top") for row in report["profile"]), report["profile"]
     assert set(report["jit"]) == {"triton builds", "autotuning", "compiled kernels", "torch.compile"}, report["jit"]
 

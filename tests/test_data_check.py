@@ -1,9 +1,13 @@
 """Odd and broken files: `python -m data.check` finds the broken ones, both loaders decode the odd
 ones alike and name a broken one when they meet it, and training fails fast or leaves them out."""
 
+import fcntl
+import os
 import runpy
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +119,52 @@ def test_check_cli_exit_codes_on_a_clean_and_a_missing_folder(tmp_path):
     assert (tmp_path / "none.txt").read_text().splitlines()[1:] == []
     missing = run("data.check", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.txt"))
     assert missing.returncode == 2 and f"data path {tmp_path / 'nowhere'} does not exist" in missing.stderr
+
+
+def test_check_cli_shows_a_bar_on_a_terminal_and_plain_lines_in_a_log(tmp_path):
+    images = int(np.random.default_rng().integers(3, 7))
+    write_dataset(tmp_path / "data", {"train": images, "val": 1}, num_classes=2)
+    total = 2 * images + 2
+    logged = run("data.check", str(tmp_path / "data"), "-o", str(tmp_path / "bad.txt"))  # stdout and stderr piped
+    assert logged.returncode == 0, logged.stdout + logged.stderr
+    assert "\r" not in logged.stdout + logged.stderr, f"a bar drawn into a log:\n{logged.stderr!r}"
+    assert f"checking {tmp_path / 'data'}: {total}/{total} img, " in logged.stdout, logged.stdout
+    terminal, stderr = os.openpty()
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    try:
+        shown = subprocess.run([sys.executable, "-m", "data.check", str(tmp_path / "data"), "-o",
+                                str(tmp_path / "bad.txt")], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
+                               text=True, timeout=300)
+        bar = os.read(terminal, 1 << 16).decode()
+    finally:
+        os.close(terminal), os.close(stderr)
+    assert shown.returncode == 0 and f"{total}/{total}" in bar and "\r" in bar, bar
+    assert f"{total}/{total} img, " not in shown.stdout, shown.stdout
+
+
+def test_a_corrupt_scan_with_a_whole_header_and_end_passes_every_check_and_is_trained_on(tmp_path, capsys):
+    """What no check here catches: a JPEG whose compressed pixel data is corrupt while its header and
+    end marker (FF D9) are whole. PIL and DALI both decode it (libjpeg decodes what it can and goes on),
+    so data.check lists nothing, training's header-and-end check passes it, both loaders return a
+    garbled picture for it, and training trains on that without a word."""
+    write_dataset(tmp_path / "data", {"train": 4, "val": 1}, num_classes=2)
+    source = sorted((tmp_path / "data" / "train" / "checks").iterdir())[0]
+    data = bytearray(source.read_bytes())
+    scan = data.index(b"\xff\xda") + 20  # past the start-of-scan header: the entropy-coded pixels
+    rng = np.random.default_rng()
+    at = int(rng.integers(scan, scan + (len(data) - scan) // 2))
+    data[at:at + 16] = rng.integers(0, 0xFF, 16, dtype=np.uint8).tobytes()  # below FF: no marker made
+    corrupt = source.with_name("corrupt.JPEG")
+    corrupt.write_bytes(data)
+    assert data.endswith(b"\xff\xd9") and check_file(corrupt) is None and quick_check(corrupt) is None
+    checked = run("data.check", str(tmp_path / "data"), "-o", str(tmp_path / "bad.txt"))
+    assert checked.returncode == 0 and "0 bad files" in checked.stdout, checked.stdout + checked.stderr
+    for loader in (DaliLoader, PilLoader):
+        images, _ = next(iter(loader(val_plan([(str(corrupt), 0), (str(source), 0)]), 2, workers=1)))
+        diff = (images[0] - images[1]).abs().mean().item()
+        assert diff > 1, f"[{loader.__name__}] the corrupt copy at byte {at} decodes {diff:.2f} levels from the source"
+    main(get_args_parser().parse_args(train_args(tmp_path / "data", tmp_path / "out", "-b", "9", "-j", "1")))
+    assert "train loss" in capsys.readouterr().out, "the epoch with the corrupt file did not finish"
 
 
 @pytest.mark.parametrize("loader", [DaliLoader, PilLoader])

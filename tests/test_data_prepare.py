@@ -229,6 +229,17 @@ def test_files_are_read_and_checked_off_the_training_thread(prepared, monkeypatc
     assert sum(len(y) for _, y in DaliLoader(plan, 2, workers=2)) == len(plan)
 
 
+def test_a_prepared_batch_is_handed_over_as_one_array_of_its_files(prepared):
+    """The training thread takes one (B, longest) array a prepared batch, not B arrays (~0.5 ms of its
+    time a batch here); each row cut to its length (the fields' last column) is its file."""
+    _, train, _ = load_splits(prepared)
+    plan = train_plan(train, 4, seed=int(np.random.default_rng().integers(1000)), epoch=0)
+    files, fields = data.dali._PlanSource(plan, 4, start_batch=1, prepared=True)(0)
+    assert isinstance(files, np.ndarray) and files.dtype == np.uint8 and files.shape[0] == 4, type(files)
+    for row, length, path in zip(files, fields[:, 7].astype(int), plan.paths[4:8]):
+        assert row[:length].tobytes() == Path(path).read_bytes() and not row[length:].any(), f"[{path}]"
+
+
 @pytest.mark.parametrize("change", ["removed", "text"])
 def test_a_file_removed_or_changed_mid_epoch_is_named(prepared, tmp_path, change):
     copy = tmp_path / "copy"

@@ -186,3 +186,12 @@ def test_the_embedded_recipe_line_names_the_lr_decay_only_within_the_run(capsys)
 def test_a_non_finite_loss_stops_the_run_with_one_line(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match=r"^error: the loss is (nan|inf) at epoch 1 step [23]: lower --lr"):
         train(tiny_data, tmp_path, "--lr", "1e30", "--epochs", "1")
+
+
+def test_a_failed_start_removes_the_folders_it_made_above_output_dir(tiny_data, tmp_path):
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "new" / "runs" / "out"
+    with pytest.raises(SystemExit, match=r"has 12 images, fewer than one batch \(-b 64\)"):
+        run_main("--data-path", str(tiny_data), "-b", "64", "--output-dir", str(out))
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["kept"], f"a failed start left folders behind: {left}"
