@@ -111,7 +111,7 @@ class SGD(torch.optim.Optimizer):
             raise ValueError(f"SGD: the gradient of the parameter of shape {tuple(p.shape)} is "
                              f"{'sparse ' if g.is_sparse else ''}{g.dtype} {tuple(g.shape)} on {g.device}; "
                              f"expected dense torch.float32 {tuple(p.shape)} on {p.device}")
-        if g.stride() != p.stride():  # autograd gives a dense parameter's gradient its layout; a hand-set one may differ
+        if g.stride() != p.stride():  # autograd gives a gradient its parameter's layout; one set by hand may differ
             g = torch.empty_like(p).copy_(g)
         return g
 

@@ -107,7 +107,8 @@ def sgd_step(weight: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Te
         _check("momentum_buffer", momentum_buffer, weight, (torch.float32,))
     if copy is not None:
         _check("copy", copy, weight, COPY_DTYPES)
-    if not (isinstance(lr, torch.Tensor) and lr.dtype == torch.float64 and lr.dim() == 0 and lr.device == weight.device):
+    if not (isinstance(lr, torch.Tensor) and lr.dtype == torch.float64 and lr.dim() == 0
+            and lr.device == weight.device):
         got = f"{lr.dtype} of shape {tuple(lr.shape)} on {lr.device}" if isinstance(lr, torch.Tensor) else repr(lr)
         raise ValueError(f"sgd_step: lr must be a 0-dim torch.float64 tensor on {weight.device}, got {got}")
     if (grad_scale is None) != (found_inf is None):
@@ -118,7 +119,7 @@ def sgd_step(weight: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Te
     n = weight.numel()
     if n == 0:
         return
-    launch(sgd_kernel, (triton.cdiv(n, BLOCK),), weight.device,
+    launch(sgd_kernel, ((n + BLOCK - 1) // BLOCK,), weight.device,
            weight, grad, momentum_buffer if momentum_buffer is not None else weight,
            copy if copy is not None else weight, lr, grad_scale if unscale else lr, found_inf if unscale else lr,
            n, weight_decay, momentum,

@@ -39,13 +39,12 @@ def clone(params) -> list[torch.nn.Parameter]:
 
 
 def set_grads(param_lists, step: int) -> None:
-    """The same random gradient on the same parameter of every list."""
+    """The same random gradient on the same parameter of every list, in the parameter's layout (as autograd's)."""
     g = torch.Generator().manual_seed(1000 + step)
     for ps in zip(*param_lists):
-        grad = torch.randn(ps[0].shape, generator=g).to(ps[0].device)
+        grad = torch.randn(ps[0].shape, generator=g)
         for p in ps:
-            p.grad = grad.clone(memory_format=torch.preserve_format).contiguous(
-                memory_format=torch.channels_last if p.dim() == 4 else torch.contiguous_format)
+            p.grad = torch.empty_like(p).copy_(grad)
 
 
 def assert_same(ours: SGD, theirs: torch.optim.Optimizer, what: str) -> None:
@@ -117,9 +116,11 @@ def test_resuming_from_a_saved_state_dict_gives_the_same_steps(tmp_path, saved_b
         first.step()
     torch.save({"weights": [p.detach() for p in first_p], "optimizer": first.state_dict()}, tmp_path / "ckpt.pth")
     saved = torch.load(tmp_path / "ckpt.pth", weights_only=True)
-    resumed_p = [torch.nn.Parameter(w.clone()) for w in saved["weights"]]
-    resumed_p[2].data = resumed_p[2].data.contiguous(memory_format=torch.channels_last)
+    resumed_p = make_params(3)  # as the trainer resumes: a new model and optimizer, the weights loaded first
     resumed = SGD(resumed_p, lr=0.5, momentum=0.0, copy_dtype=torch.bfloat16)  # all three come from the checkpoint
+    with torch.no_grad():
+        for p, w in zip(resumed_p, saved["weights"]):
+            p.copy_(w)
     resumed.load_state_dict(saved["optimizer"])
     assert resumed.param_groups[0]["lr"].dtype == torch.float64
     assert_same(resumed, straight, "after load")  # the copies too, cast from the loaded weights
@@ -131,6 +132,33 @@ def test_resuming_from_a_saved_state_dict_gives_the_same_steps(tmp_path, saved_b
     back = torch.optim.SGD(clone(resumed_p), lr=1.0)  # and torch.optim.SGD loads ours
     back.load_state_dict(resumed.state_dict())
     assert back.param_groups[0]["lr"] == 0.01 and back.param_groups[0]["momentum"] == 0.9
+
+
+@needs_interpreter
+def test_a_momentum_buffer_saved_in_another_layout_is_loaded_in_the_parameters(monkeypatch):
+    """An old checkpoint's buffer of a conv weight saved contiguous, loaded for a channels_last weight: the pass
+    walks both in memory order, so the buffer takes the weight's layout (the same values)."""
+    monkeypatch.setattr(alexnet.optim, "runs_kernel", lambda device: True)
+    old_p = [torch.nn.Parameter(p.detach().contiguous()) for p in make_params(4)]
+    old = torch.optim.SGD(old_p, lr=0.01, momentum=0.9)
+    set_grads([old_p], 0)
+    old.step()
+    params = make_params(4)
+    ours = SGD(params, lr=0.01, momentum=0.9)
+    ours.load_state_dict(old.state_dict())
+    for p, q in zip(params, old_p):
+        buf = ours.state[p]["momentum_buffer"]
+        assert buf.stride() == p.stride() and torch.equal(buf, old.state[q]["momentum_buffer"]), \
+            f"[momentum of {tuple(p.shape)}] strides {buf.stride()}, the weight's {p.stride()}"
+    gen = torch.Generator().manual_seed(9)
+    grads = [torch.randn(p.shape, generator=gen) for p in params]  # set by hand, contiguous: one not in its layout
+    want = [op_by_op(p.detach(), g, ours.state[p]["momentum_buffer"], 0.01, 0.0, 0.9, False)[0]
+            for p, g in zip(params, grads)]
+    for p, g in zip(params, grads):
+        p.grad = g
+    ours.step()
+    for p, w in zip(params, want):
+        assert torch.equal(p.detach(), w), f"[weight {tuple(p.shape)}] wrong with a gradient in another layout"
 
 
 def scaled_steps(optimizer_for, params, overflow_at, steps=8):
@@ -274,7 +302,7 @@ def test_bad_input_is_refused_naming_the_culprit():
     with pytest.raises(KeyError, match=r"shape \(3,\) is not one of this optimizer's parameters"):
         SGD([p], lr=0.1, copy_dtype=torch.bfloat16).copy_of(torch.randn(3))
     nesterov = torch.optim.SGD([torch.nn.Parameter(torch.randn(3))], lr=0.1, momentum=0.9, nesterov=True)
-    with pytest.raises(ValueError, match="param group 0 has nesterov=True; this optimizer supports only nesterov=False"):
+    with pytest.raises(ValueError, match="group 0 has nesterov=True; this optimizer supports only nesterov=False"):
         SGD([p], lr=0.1, momentum=0.9).load_state_dict(nesterov.state_dict())
     p.grad = torch.randn(3).to_sparse()
     with pytest.raises(ValueError, match=r"gradient of the parameter of shape \(3,\) is sparse torch.float32"):
@@ -303,14 +331,15 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from perf.aot import _specialise
 from kernels import sgd
-n = 37748736  # fc6's weight
-w, c = torch.empty(n, device="meta"), torch.empty(n, dtype=torch.bfloat16, device="meta")
-lr = torch.empty((), dtype=torch.float64, device="meta")
+launches = []
+sgd.check_device = lambda *args: None  # meta tensors: the launcher runs up to the launch, which is recorded
+sgd.launch = lambda kernel, grid, device, *args, **kwargs: launches.append({**dict(zip(kernel.arg_names, args)),
+                                                                            **kwargs})
+w = torch.empty(37748736, device="meta")  # fc6's weight
+sgd.sgd_step(w, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w, dtype=torch.bfloat16),
+             torch.empty((), dtype=torch.float64, device="meta"), 5e-4, 0.9, False)
 target = GPUTarget("cuda", 90, 32)
-signature, constexprs, attrs, options = _specialise(sgd.sgd_kernel, target, dict(
-    w_ptr=w, g_ptr=w, m_ptr=w, copy_ptr=c, lr_ptr=lr, scale_ptr=lr, found_inf_ptr=lr, n=n, weight_decay=5e-4,
-    momentum=0.9, DECAY=True, MOMENTUM=True, FIRST_STEP=False, UNSCALE=False, COPY=True, BLOCK=sgd.BLOCK,
-    num_warps=sgd.NUM_WARPS, enable_fp_fusion=False))
+signature, constexprs, attrs, options = _specialise(sgd.sgd_kernel, target, launches[0])
 ptx = triton.compile(ASTSource(sgd.sgd_kernel, signature, constexprs, attrs), target=target,
                      options=options.__dict__).asm["ptx"]
 print(dict(Counter(re.findall(r"\\b(?:fma|mul|add|sub)\\.\\w+\\.f32|(?:ld|st)\\.global\\.v4\\.b32", ptx))))
@@ -318,7 +347,7 @@ print(dict(Counter(re.findall(r"\\b(?:fma|mul|add|sub)\\.\\w+\\.f32|(?:ld|st)\\.
 
 
 def test_the_sm90_build_rounds_as_torchs_cuda_sgd():
-    """Built for sm_90 with no GPU (the launcher's options): per element exactly two fma's (weight decay, the
+    """Built for sm_90 with no GPU, from the launcher's arguments: per element exactly two fma's (weight decay, the
     update) and a separate multiply and add (momentum), as torch's foreach kernels round; 16-byte accesses."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", BUILD], cwd=ROOT, env=env, capture_output=True, text=True,
