@@ -1,7 +1,7 @@
 """One pass of SGD with momentum and weight decay over one fp32 parameter, in Triton: torch.optim.SGD's update
 with dampening 0, no Nesterov, minimising, and optionally GradScaler's unscaling and a 16-bit copy of the weights.
 
-    g = grad / grad_scale        under GradScaler only; nothing is written while found_inf != 0
+    g = grad / grad_scale        under GradScaler only; nothing is read or written while found_inf != 0
     g = fma(weight_decay, w, g)  torch: grad.add(param, alpha=weight_decay), rounded once
     m = m * momentum + g         torch: buf.mul_(momentum).add_(g), rounded twice; m = g on the first step
     w = fma(-lr, m, w)           torch: param.add_(buf, alpha=-lr), rounded once
@@ -37,13 +37,13 @@ def sgd_kernel(
     copy_ptr,       # [n] bf16 or fp16 copy of the weights, written (not touched without COPY)
     lr_ptr,         # [] fp64 learning rate
     scale_ptr,      # [] fp32 GradScaler's scale (not read without UNSCALE)
-    found_inf_ptr,  # [] fp32 nonzero if the scaled gradients overflowed (not read without UNSCALE)
+    found_inf_ptr,  # [] fp32 nonzero if the scaled gradients overflowed (not read without SKIP)
     n, weight_decay, momentum,
     DECAY: tl.constexpr, MOMENTUM: tl.constexpr, FIRST_STEP: tl.constexpr, UNSCALE: tl.constexpr,
-    COPY: tl.constexpr, BLOCK: tl.constexpr,
+    SKIP: tl.constexpr, COPY: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    if UNSCALE:
+    if SKIP:
         n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)  # an overflowed step touches nothing
     ok = offsets < n
     w = tl.load(w_ptr + offsets, mask=ok)
@@ -93,7 +93,7 @@ def sgd_step(weight: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Te
     weight, grad, momentum_buffer: fp32, one shape and one set of strides, with no gaps or overlaps (a parameter's
     own layout); momentum_buffer is None exactly when momentum is 0, and only written on the `first_step`. copy:
     bf16 or fp16 in the same layout, or None. lr: a 0-dim float64 tensor on the weight's device. grad_scale and
-    found_inf: GradScaler's 0-dim fp32 tensors, both or neither."""
+    found_inf: GradScaler's one-element fp32 tensors, or None (found_inf alone once the gradients are unscaled)."""
     check_device("sgd_step", "weight", weight)
     if weight.dtype != torch.float32:
         raise TypeError(f"sgd_step: weight has dtype {weight.dtype}; expected torch.float32 (the master weights)")
@@ -111,17 +111,15 @@ def sgd_step(weight: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Te
             and lr.device == weight.device):
         got = f"{lr.dtype} of shape {tuple(lr.shape)} on {lr.device}" if isinstance(lr, torch.Tensor) else repr(lr)
         raise ValueError(f"sgd_step: lr must be a 0-dim torch.float64 tensor on {weight.device}, got {got}")
-    if (grad_scale is None) != (found_inf is None):
-        raise ValueError("sgd_step: give grad_scale and found_inf together (GradScaler sets both)")
-    unscale = grad_scale is not None
-    if unscale:
-        grad_scale, found_inf = (t.to(weight.device, torch.float32).reshape(()) for t in (grad_scale, found_inf))
+    grad_scale, found_inf = (None if t is None else t.to(weight.device, torch.float32).reshape(())
+                             for t in (grad_scale, found_inf))
     n = weight.numel()
     if n == 0:
         return
     launch(sgd_kernel, ((n + BLOCK - 1) // BLOCK,), weight.device,
            weight, grad, momentum_buffer if momentum_buffer is not None else weight,
-           copy if copy is not None else weight, lr, grad_scale if unscale else lr, found_inf if unscale else lr,
-           n, weight_decay, momentum,
-           DECAY=weight_decay != 0, MOMENTUM=momentum != 0, FIRST_STEP=first_step, UNSCALE=unscale,
-           COPY=copy is not None, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False)
+           copy if copy is not None else weight, lr, grad_scale if grad_scale is not None else lr,
+           found_inf if found_inf is not None else lr, n, weight_decay, momentum,
+           DECAY=weight_decay != 0, MOMENTUM=momentum != 0, FIRST_STEP=first_step,
+           UNSCALE=grad_scale is not None, SKIP=found_inf is not None, COPY=copy is not None, BLOCK=BLOCK,
+           num_warps=NUM_WARPS, enable_fp_fusion=False)
