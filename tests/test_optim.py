@@ -7,11 +7,10 @@ rounded, bit for bit. On a GPU it must equal torch.optim.SGD's foreach path: the
 without one), and the sm_90 build's instructions here (its fma's are exactly torch's, nothing else is fused).
 """
 
+import json
 import os
-import re
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -327,38 +326,53 @@ def test_the_kernels_launcher_refuses_mismatched_tensors():
 
 
 BUILD = """
-import re, torch, triton
+import itertools, json, re, tempfile
 from collections import Counter
+from pathlib import Path
+import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from perf.aot import _specialise
+from perf.aot import _resource_usage, _specialise
 from kernels import sgd
 launches = []
 sgd.check_device = lambda *args: None  # meta tensors: the launcher runs up to the launch, which is recorded
 sgd.launch = lambda kernel, grid, device, *args, **kwargs: launches.append({**dict(zip(kernel.arg_names, args)),
                                                                             **kwargs})
-w = torch.empty(37748736, device="meta")  # fc6's weight
-sgd.sgd_step(w, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w, dtype=torch.bfloat16),
-             torch.empty((), dtype=torch.float64, device="meta"), 5e-4, 0.9, False)
-target = GPUTarget("cuda", 90, 32)
-signature, constexprs, attrs, options = _specialise(sgd.sgd_kernel, target, launches[0])
-ptx = triton.compile(ASTSource(sgd.sgd_kernel, signature, constexprs, attrs), target=target,
-                     options=options.__dict__).asm["ptx"]
-print(dict(Counter(re.findall(r"\\b(?:fma|mul|add|sub)\\.\\w+\\.f32|(?:ld|st)\\.global\\.v4\\.b32", ptx))))
+scalar = torch.empty((), device="meta")
+for n, copy, first, amp in itertools.product((37748736, 1000), (torch.bfloat16, torch.float16, None), (False, True),
+                                             (False, True)):  # fc6's weight, fc8's bias (not a multiple of 16)
+    w = torch.empty(n, device="meta")
+    sgd.sgd_step(w, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w, dtype=copy) if copy else None,
+                 torch.empty((), dtype=torch.float64, device="meta"), 5e-4, 0.9, first, *[scalar if amp else None] * 2)
+spills, counts = 0, None
+with tempfile.TemporaryDirectory() as tmp:
+    for kwargs, arch in itertools.product(launches, (80, 90)):
+        target = GPUTarget("cuda", arch, 32)
+        signature, constexprs, attrs, options = _specialise(sgd.sgd_kernel, target, kwargs)
+        built = triton.compile(ASTSource(sgd.sgd_kernel, signature, constexprs, attrs), target=target,
+                               options=options.__dict__)
+        spills += _resource_usage(built.asm["cubin"], Path(tmp))["LOCAL"]
+        if counts is None and arch == 90:  # the first: fc6, bf16 copy, neither first step nor GradScaler
+            counts = Counter(re.findall(r"\\b(?:fma|mul|add|sub)\\.\\w+\\.f32|(?:ld|st)\\.global\\.v4\\.b32",
+                                        built.asm["ptx"]))
+print(json.dumps({"builds": 2 * len(launches), "spilled_bytes": spills, "fc6_sm90": counts}))
 """
 
 
-def test_the_sm90_build_rounds_as_torchs_cuda_sgd():
-    """Built for sm_90 with no GPU, from the launcher's arguments: per element exactly two fma's (weight decay, the
-    update) and a separate multiply and add (momentum), as torch's foreach kernels round; 16-byte accesses."""
+def test_the_builds_round_as_torchs_cuda_sgd_and_never_spill():
+    """Every variant the launcher makes, built for sm_80 and sm_90 with no GPU from the launcher's own arguments:
+    no spills; and fc6's update on sm_90 has per element exactly two fma's (weight decay, the update) and a
+    separate multiply and add (momentum), as torch's foreach kernels round, with 16-byte loads and stores."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", BUILD], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)  # ~5 s quiet
+                          timeout=600)  # ~15 s quiet
     assert done.returncode == 0, done.stderr[-3000:]
-    counts = eval(done.stdout.strip().splitlines()[-1])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["builds"] == 48 and report["spilled_bytes"] == 0, report
     per_thread = 4096 // (8 * 32)  # BLOCK / threads
-    assert counts == {"fma.rn.f32": 2 * per_thread, "mul.rn.f32": per_thread, "add.rn.f32": per_thread,
-                      "ld.global.v4.b32": 3 * per_thread // 4, "st.global.v4.b32": 2 * per_thread // 4 + 2}, counts
+    assert report["fc6_sm90"] == {"fma.rn.f32": 2 * per_thread, "mul.rn.f32": per_thread, "add.rn.f32": per_thread,
+                                  "ld.global.v4.b32": 3 * per_thread // 4,
+                                  "st.global.v4.b32": 2 * per_thread // 4 + 2}, report
 
 
 @needs_cuda
