@@ -4,8 +4,8 @@ The update is torch.optim.SGD's as the paper's recipe uses it (dampening 0, no N
 
     g = grad + weight_decay * w;   m = momentum * m + g  (m = g on the first step);   w = w - lr * m
 
-On CUDA it is one Triton launch per parameter (kernels/sgd.py) that reads w, grad and m once and writes w, m and
-the copy once, with the bits of torch.optim.SGD's default (foreach) CUDA path in fp32; on the CPU it is
+On CUDA it is one Triton launch over all the parameters (kernels/sgd.py) that reads w, grad and m once and writes
+w, m and the copy once, with the bits of torch.optim.SGD's default (foreach) CUDA path in fp32; on the CPU it is
 torch.optim.SGD's own per-tensor ops (the same bits as torch.optim.SGD there; the CPU's step is spent elsewhere).
 
 For a step that a CUDA graph can capture and that reads nothing back to the host, each group's lr is a 0-dim
@@ -46,7 +46,7 @@ class SGD(torch.optim.Optimizer):
                 raise ValueError(f"SGD: {name} must be >= 0, got {float(value)}")
         if copy_dtype is not None and copy_dtype not in COPY_DTYPES:
             raise ValueError(f"SGD: copy_dtype must be None, torch.bfloat16 or torch.float16, got {copy_dtype}")
-        self.copy_dtype, self.device, self._copies = copy_dtype, None, {}
+        self.copy_dtype, self.device, self._copies, self._strides = copy_dtype, None, {}, {}
         super().__init__(params, dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
                                       **FIXED))
 
@@ -67,6 +67,7 @@ class SGD(torch.optim.Optimizer):
             if torch.empty_like(p, device="meta").stride() != p.stride():
                 raise ValueError(f"SGD: {name} has strides {p.stride()} with gaps or overlaps; the update walks "
                                  f"a parameter's memory as one block")
+            self._strides[p] = p.stride()  # its momentum buffer and copy are made in this layout
             if self.copy_dtype is not None:
                 self._copies[p] = torch.empty_like(p, dtype=self.copy_dtype)
         group["lr"] = self._lr_tensor(group["lr"])
@@ -100,43 +101,58 @@ class SGD(torch.optim.Optimizer):
         for group in self.param_groups:
             if not isinstance(group["lr"], torch.Tensor):  # assigned a float: back on the device, once
                 group["lr"] = self._lr_tensor(group["lr"])
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, self._grad(p), group, grad_scale, found_inf)
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [self._grad(p) for p in params]
+            firsts = [group["momentum"] != 0 and "momentum_buffer" not in self.state[p] for p in params]
+            for p, first in zip(params, firsts):
+                if first:  # zeros: an fp16 first step skipped for overflow leaves 0, from which the next starts
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            if runs_kernel(self.device):
+                for first in (True, False):  # a launch for the parameters on their first step, one for the rest
+                    chosen = [i for i, f in enumerate(firsts) if f == first]
+                    if chosen:
+                        self._kernel_update([params[i] for i in chosen], [grads[i] for i in chosen], group, first,
+                                            grad_scale, found_inf)
+            else:
+                for p, g, first in zip(params, grads, firsts):
+                    self._torch_update(p, g, group, first, grad_scale, found_inf)
         return loss
 
     def _grad(self, p: torch.Tensor) -> torch.Tensor:
+        """p's gradient in p's layout, p checked to be as it was when added (torch keeps a gradient's shape, dtype
+        and device its parameter's): the update launches with no further checks."""
+        if p.stride() != self._strides[p] or p.dtype != torch.float32 or p.device != self.device:
+            raise ValueError(f"SGD: the parameter of shape {tuple(p.shape)} is now {p.dtype} on {p.device} with "
+                             f"strides {p.stride()}, not torch.float32 on {self.device} with {self._strides[p]}: make "
+                             f"the optimizer after changing the model's dtype, device or memory format")
         g = p.grad
-        if g.is_sparse or g.dtype != torch.float32 or g.device != p.device or g.shape != p.shape:
-            raise ValueError(f"SGD: the gradient of the parameter of shape {tuple(p.shape)} is "
-                             f"{'sparse ' if g.is_sparse else ''}{g.dtype} {tuple(g.shape)} on {g.device}; "
-                             f"expected dense torch.float32 {tuple(p.shape)} on {p.device}")
+        if g.layout != torch.strided:
+            raise ValueError(f"SGD: the gradient of the parameter of shape {tuple(p.shape)} is {g.layout}; "
+                             f"it updates from dense gradients only")
         if g.stride() != p.stride():  # autograd gives a gradient its parameter's layout; one set by hand may differ
             g = torch.empty_like(p).copy_(g)
         return g
 
-    def _update(self, p, g, group, grad_scale, found_inf) -> None:
-        state, momentum, weight_decay = self.state[p], group["momentum"], group["weight_decay"]
-        first_step = momentum != 0 and "momentum_buffer" not in state
-        if first_step:  # zeros: an fp16 first step skipped for overflow leaves 0, from which the next starts
-            state["momentum_buffer"] = torch.zeros_like(p)
-        if runs_kernel(p.device):
-            sgd_step(p, g, state.get("momentum_buffer"), self._copies.get(p), group["lr"], weight_decay, momentum,
-                     first_step, grad_scale, found_inf)
-            return
-        # torch.optim.SGD's per-tensor ops (_single_tensor_sgd), in its order; on the CPU reading a scalar is free
+    def _kernel_update(self, params, grads, group, first_step, grad_scale, found_inf) -> None:
+        momentum = group["momentum"]
+        sgd_step(params, grads, [self.state[p]["momentum_buffer"] for p in params] if momentum != 0 else None,
+                 [self._copies[p] for p in params] if self.copy_dtype is not None else None, group["lr"],
+                 group["weight_decay"], momentum, first_step, grad_scale, found_inf, check=False)
+
+    def _torch_update(self, p, g, group, first_step, grad_scale, found_inf) -> None:
+        """torch.optim.SGD's per-tensor ops (_single_tensor_sgd), in its order; on the CPU reading a scalar is free."""
         if found_inf is not None and found_inf.item() != 0:
             return
         if grad_scale is not None:
             g = g / grad_scale.to(g.device)
-        if weight_decay != 0:
-            g = g.add(p, alpha=weight_decay)
-        if momentum != 0:
-            buf = state["momentum_buffer"]
+        if group["weight_decay"] != 0:
+            g = g.add(p, alpha=group["weight_decay"])
+        if group["momentum"] != 0:
+            buf = self.state[p]["momentum_buffer"]
             if first_step:
                 buf.copy_(g)
             else:
-                buf.mul_(momentum).add_(g)
+                buf.mul_(group["momentum"]).add_(g)
             g = buf
         p.add_(g, alpha=-group["lr"].item())
         if p in self._copies:

@@ -17,12 +17,13 @@ import pytest
 import torch
 
 import alexnet.optim
+import kernels.sgd
 from alexnet.optim import SGD
 from kernels.sgd import sgd_step
 from tests.devices import needs_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1,), (4096 + 37,)]  # odd sizes, one past a block of the kernel
+SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1,), (4096 + 37,)]  # odd sizes, one past two blocks of the kernel
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="compares with torch's CUDA SGD: needs a GPU")
 
 
@@ -216,21 +217,26 @@ def op_by_op(w, g, m, lr, weight_decay, momentum, first_step, scale=None):
 @pytest.mark.parametrize("copy_dtype", [None, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("momentum,weight_decay,first_step", [(0.9, 5e-4, False), (0.9, 5e-4, True),
                                                                (0.0, 5e-4, False), (0.9, 0.0, False)])
-def test_kernel_in_the_interpreter(copy_dtype, momentum, weight_decay, first_step):
+@pytest.mark.parametrize("max_tensors", [32, 2])
+def test_kernel_in_the_interpreter(copy_dtype, momentum, weight_decay, first_step, max_tensors, monkeypatch):
+    """Tensors of odd sizes (an empty one too) in one launch, or in launches of two: each equal to the op-by-op
+    formula; the copies to the cast weights."""
+    monkeypatch.setattr(kernels.sgd, "MAX_TENSORS", max_tensors)
     gen = torch.Generator().manual_seed(7)
-    for n in (1, 37, 4096 + 1, 2 * 4096 + 37):
-        w, g, m = (torch.randn(n, generator=gen) * 10.0 ** torch.randint(-30, 30, (n,), generator=gen)
-                   for _ in range(3))
-        lr = torch.tensor(0.01, dtype=torch.float64)
-        want_w, want_m = op_by_op(w, g, m, 0.01, weight_decay, momentum, first_step)
-        buf = (torch.full_like(m, float("nan")) if first_step else m.clone()) if momentum else None
-        copy = torch.empty(n, dtype=copy_dtype) if copy_dtype else None
-        sgd_step(w, g, buf, copy, lr, weight_decay, momentum, first_step)
+    sizes = (1, 37, 0, kernels.sgd.BLOCK + 1, 2 * kernels.sgd.BLOCK + 37)
+    ws, gs, ms = ([torch.randn(n, generator=gen) * 10.0 ** torch.randint(-30, 30, (n,), generator=gen) for n in sizes]
+                  for _ in range(3))
+    want = [op_by_op(w, g, m, 0.01, weight_decay, momentum, first_step) for w, g, m in zip(ws, gs, ms)]
+    bufs = [torch.full_like(m, float("nan")) if first_step else m.clone() for m in ms] if momentum else None
+    copies = [torch.empty(n, dtype=copy_dtype) for n in sizes] if copy_dtype else None
+    sgd_step(ws, gs, bufs, copies, torch.tensor(0.01, dtype=torch.float64), weight_decay, momentum, first_step)
+    for i, (w, (want_w, want_m)) in enumerate(zip(ws, want)):
+        n = sizes[i]
         assert torch.equal(w, want_w), f"[weight n={n}] differs by {(w - want_w).abs().max():.3g}"
         if momentum:
-            assert torch.equal(buf, want_m), f"[momentum n={n}] differs by {(buf - want_m).abs().max():.3g}"
+            assert torch.equal(bufs[i], want_m), f"[momentum n={n}] differs by {(bufs[i] - want_m).abs().max():.3g}"
         if copy_dtype:
-            assert torch.equal(copy, w.to(copy_dtype)), f"[copy n={n}] is not the cast weight"
+            assert torch.equal(copies[i], w.to(copy_dtype)), f"[copy n={n}] is not the cast weight"
 
 
 @needs_interpreter
@@ -241,7 +247,7 @@ def test_kernel_unscales_or_skips_in_the_interpreter(found_inf):
     scale = torch.tensor(2.0**13)
     want_w, want_m = op_by_op(w, g * scale, m, 0.01, 5e-4, 0.9, False, scale) if not found_inf else (w.clone(), m)
     w0, buf, copy = w.clone(), m.clone(), torch.zeros(w.shape, dtype=torch.bfloat16)
-    sgd_step(w, g * scale, buf, copy, torch.tensor(0.01, dtype=torch.float64), 5e-4, 0.9, False,
+    sgd_step([w], [g * scale], [buf], [copy], torch.tensor(0.01, dtype=torch.float64), 5e-4, 0.9, False,
              grad_scale=scale, found_inf=torch.tensor(found_inf))
     assert torch.equal(w, want_w) and torch.equal(buf, want_m), "[weight, momentum] wrong after unscaling"
     assert torch.equal(copy, torch.zeros_like(copy) if found_inf else w.to(torch.bfloat16)), "[copy]"
@@ -307,8 +313,17 @@ def test_bad_input_is_refused_naming_the_culprit():
     nesterov = torch.optim.SGD([torch.nn.Parameter(torch.randn(3))], lr=0.1, momentum=0.9, nesterov=True)
     with pytest.raises(ValueError, match="group 0 has nesterov=True; this optimizer supports only nesterov=False"):
         SGD([p], lr=0.1, momentum=0.9).load_state_dict(nesterov.state_dict())
+    conv = torch.nn.Parameter(torch.randn(2, 3, 4, 4))
+    optimizer = SGD([conv], lr=0.1, copy_dtype=torch.bfloat16)
+    conv.data = conv.data.contiguous(memory_format=torch.channels_last)  # as model.to(memory_format=...) does
+    conv.grad = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 4\) is now torch.float32 on cpu with strides "
+                                         r"\(48, 1, 12, 3\), not torch.float32 on cpu with \(48, 16, 4, 1\): make "
+                                         r"the optimizer after changing the model's dtype, device or memory format"):
+        optimizer.step()
     p.grad = torch.randn(3).to_sparse()
-    with pytest.raises(ValueError, match=r"gradient of the parameter of shape \(3,\) is sparse torch.float32"):
+    with pytest.raises(ValueError, match=r"gradient of the parameter of shape \(3,\) is torch.sparse_coo; it "
+                                         r"updates from dense gradients only"):
         SGD([p], lr=0.1).step()
 
 
@@ -316,17 +331,21 @@ def test_the_kernels_launcher_refuses_mismatched_tensors():
     w = torch.randn(6)
     lr = torch.tensor(0.1, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"lr must be a 0-dim torch.float64 tensor on cpu, got torch.float32"):
-        sgd_step(w, torch.randn(6), None, None, lr.float(), 0.0, 0.0, False)
-    with pytest.raises(ValueError, match=r"grad has shape \(3, 2\)"):
-        sgd_step(w, torch.randn(3, 2), None, None, lr, 0.0, 0.0, False)
-    with pytest.raises(TypeError, match=r"copy has dtype torch.float32"):
-        sgd_step(w, torch.randn(6), None, torch.randn(6), lr, 0.0, 0.0, False)
-    with pytest.raises(ValueError, match="momentum 0.9 needs a momentum_buffer"):
-        sgd_step(w, torch.randn(6), None, None, lr, 0.0, 0.9, False)
+        sgd_step([w], [torch.randn(6)], None, None, lr.float(), 0.0, 0.0, False)
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape \(3, 2\)"):
+        sgd_step([w, w], [torch.randn(6), torch.randn(3, 2)], None, None, lr, 0.0, 0.0, False)
+    with pytest.raises(TypeError, match=r"copies\[0\] has dtype torch.float32"):
+        sgd_step([w], [torch.randn(6)], None, [torch.randn(6)], lr, 0.0, 0.0, False)
+    with pytest.raises(ValueError, match="momentum 0.9 needs momentum_buffers"):
+        sgd_step([w], [torch.randn(6)], None, None, lr, 0.0, 0.9, False)
+    with pytest.raises(ValueError, match="2 weights but 1 grads"):
+        sgd_step([w, w], [torch.randn(6)], None, None, lr, 0.0, 0.0, False)
+    with pytest.raises(ValueError, match=r"weights\[0\] has strides \(2,\) for shape \(3,\)"):
+        sgd_step([w[::2]], [torch.randn(6)[::2]], None, None, lr, 0.0, 0.0, False)
 
 
 BUILD = """
-import itertools, json, re, tempfile
+import itertools, json, re, sys, tempfile
 from collections import Counter
 from pathlib import Path
 import torch, triton
@@ -338,12 +357,18 @@ launches = []
 sgd.check_device = lambda *args: None  # meta tensors: the launcher runs up to the launch, which is recorded
 sgd.launch = lambda kernel, grid, device, *args, **kwargs: launches.append({**dict(zip(kernel.arg_names, args)),
                                                                             **kwargs})
-scalar = torch.empty((), device="meta")
-for n, copy, first, amp in itertools.product((37748736, 1000), (torch.bfloat16, torch.float16, None), (False, True),
-                                             (False, True)):  # fc6's weight, fc8's bias (not a multiple of 16)
-    w = torch.empty(n, device="meta")
-    sgd.sgd_step(w, torch.empty_like(w), torch.empty_like(w), torch.empty_like(w, dtype=copy) if copy else None,
-                 torch.empty((), dtype=torch.float64, device="meta"), 5e-4, 0.9, first, *[scalar if amp else None] * 2)
+from alexnet.model import AlexNet
+with torch.device("meta"):
+    alexnet = list(AlexNet().parameters())
+lr, scalar = torch.empty((), dtype=torch.float64, device="meta"), torch.empty((), device="meta")
+def step(ws, copy, first, amp):
+    sgd.sgd_step(ws, ws, ws, [torch.empty_like(w, dtype=copy) for w in ws] if copy else None, lr, 5e-4, 0.9, first,
+                 *[scalar if amp else None] * 2)
+step([alexnet[10]], torch.bfloat16, False, False)  # fc6's weight alone, for its instructions
+step(alexnet, torch.bfloat16, False, False)  # a bf16 run's step
+if sys.argv[1] == "all":
+    for options in itertools.product((torch.bfloat16, torch.float16, None), (False, True), (False, True)):
+        step(alexnet, *options)
 spills, counts = 0, None
 with tempfile.TemporaryDirectory() as tmp:
     for kwargs, arch in itertools.product(launches, (80, 90)):
@@ -352,27 +377,39 @@ with tempfile.TemporaryDirectory() as tmp:
         built = triton.compile(ASTSource(sgd.sgd_kernel, signature, constexprs, attrs), target=target,
                                options=options.__dict__)
         spills += _resource_usage(built.asm["cubin"], Path(tmp))["LOCAL"]
-        if counts is None and arch == 90:  # the first: fc6, bf16 copy, neither first step nor GradScaler
+        if counts is None and arch == 90:
             counts = Counter(re.findall(r"\\b(?:fma|mul|add|sub)\\.\\w+\\.f32|(?:ld|st)\\.global\\.v4\\.b32",
                                         built.asm["ptx"]))
 print(json.dumps({"builds": 2 * len(launches), "spilled_bytes": spills, "fc6_sm90": counts}))
 """
 
 
-def test_the_builds_round_as_torchs_cuda_sgd_and_never_spill():
-    """Every variant the launcher makes, built for sm_80 and sm_90 with no GPU from the launcher's own arguments:
-    no spills; and fc6's update on sm_90 has per element exactly two fma's (weight decay, the update) and a
-    separate multiply and add (momentum), as torch's foreach kernels round, with 16-byte loads and stores."""
+def build(variants: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", BUILD], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)  # ~15 s quiet
+    done = subprocess.run([sys.executable, "-c", BUILD, variants], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)  # "all": ~70 s quiet, no Triton cache
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["builds"] == 48 and report["spilled_bytes"] == 0, report
-    per_thread = 4096 // (8 * 32)  # BLOCK / threads
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_build_rounds_as_torchs_cuda_sgd_and_never_spills():
+    """A bf16 run's launch for AlexNet's 16 parameters, built for sm_80 and sm_90 with no GPU from the launcher's
+    own arguments, does not spill; and fc6's update on sm_90 has per element exactly two fma's (weight decay, the
+    update) and a separate multiply and add (momentum), as torch's foreach kernels round, with 16-byte loads and
+    stores."""
+    report = build("main")
+    assert report["builds"] == 4 and report["spilled_bytes"] == 0, report
+    per_thread = kernels.sgd.BLOCK // (kernels.sgd.NUM_WARPS * 32)  # fp32 elements: 4 a 16-byte access, bf16 8
     assert report["fc6_sm90"] == {"fma.rn.f32": 2 * per_thread, "mul.rn.f32": per_thread, "add.rn.f32": per_thread,
                                   "ld.global.v4.b32": 3 * per_thread // 4,
-                                  "st.global.v4.b32": 2 * per_thread // 4 + 2}, report
+                                  "st.global.v4.b32": 2 * per_thread // 4 + per_thread // 8}, report
+
+
+@pytest.mark.slow
+def test_every_variant_of_the_launch_builds_without_spills():
+    """fp16, bf16 or no copy, first step or not, GradScaler or not: sm_80 and sm_90."""
+    report = build("all")
+    assert report["builds"] == 28 and report["spilled_bytes"] == 0, report
 
 
 @needs_cuda
