@@ -23,7 +23,7 @@ from kernels.sgd import sgd_step
 from tests.devices import needs_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1,), (4096 + 37,)]  # odd sizes, one past two blocks of the kernel
+SHAPES = [(7,), (3, 5), (4, 3, 3, 3), (1,), (2 * kernels.sgd.BLOCK + 37,)]  # odd sizes; the last over 3 blocks
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="compares with torch's CUDA SGD: needs a GPU")
 
 
@@ -243,7 +243,7 @@ def test_kernel_in_the_interpreter(copy_dtype, momentum, weight_decay, first_ste
 @pytest.mark.parametrize("found_inf", [0.0, 1.0])
 def test_kernel_unscales_or_skips_in_the_interpreter(found_inf):
     gen = torch.Generator().manual_seed(8)
-    w, g, m = (torch.randn(4096 + 37, generator=gen) for _ in range(3))
+    w, g, m = (torch.randn(2 * kernels.sgd.BLOCK + 37, generator=gen) for _ in range(3))
     scale = torch.tensor(2.0**13)
     want_w, want_m = op_by_op(w, g * scale, m, 0.01, 5e-4, 0.9, False, scale) if not found_inf else (w.clone(), m)
     w0, buf, copy = w.clone(), m.clone(), torch.zeros(w.shape, dtype=torch.bfloat16)
