@@ -22,8 +22,7 @@ of casting the weights.
 
 import torch
 
-from kernels.sgd import COPY_DTYPES, sgd_step
-
+COPY_DTYPES = (torch.bfloat16, torch.float16)  # the copies kernels/sgd.py writes
 # torch.optim.SGD's options that this one supports only at their defaults, and what they must be
 FIXED = {"dampening": 0, "nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
          "fused": None}
@@ -134,6 +133,8 @@ class SGD(torch.optim.Optimizer):
         return g
 
     def _kernel_update(self, params, grads, group, first_step, grad_scale, found_inf) -> None:
+        from kernels.sgd import sgd_step  # here: importing Triton first on a CPU would keep its interpreter off
+
         momentum = group["momentum"]
         sgd_step(params, grads, [self.state[p]["momentum_buffer"] for p in params] if momentum != 0 else None,
                  [self._copies[p] for p in params] if self.copy_dtype is not None else None, group["lr"],

@@ -292,6 +292,13 @@ def test_grad_scaler_on_the_triton_path_in_the_interpreter(monkeypatch):
         assert torch.equal(ours.copy_of(p), p.to(torch.float16))
 
 
+def test_importing_the_optimizer_imports_no_triton():
+    """Triton imported before kernels.interpret switches its interpreter on (no GPU) could not run --kernels triton."""
+    code = "import sys, alexnet.optim; assert 'triton' not in sys.modules, 'alexnet.optim imported triton'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_bad_input_is_refused_naming_the_culprit():
     p = torch.nn.Parameter(torch.randn(3))
     with pytest.raises(ValueError, match=r"parameter 1 of group 0 \(shape \(2,\)\) is on meta"):
