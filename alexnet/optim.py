@@ -23,9 +23,10 @@ of casting the weights.
 import torch
 
 COPY_DTYPES = (torch.bfloat16, torch.float16)  # the copies kernels/sgd.py writes
-# torch.optim.SGD's options that this one supports only at their defaults, and what they must be
-FIXED = {"dampening": 0, "nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
-         "fused": None}
+# torch.optim.SGD's options: those of the update, which this one supports only at these values, and those of
+# its implementation, which a state_dict of either may hold and which this one does not use
+UPDATE_OPTIONS = {"dampening": 0, "nesterov": False, "maximize": False}
+IMPLEMENTATION_OPTIONS = {"foreach": None, "differentiable": False, "fused": None}
 
 
 def runs_kernel(device: torch.device) -> bool:
@@ -47,7 +48,7 @@ class SGD(torch.optim.Optimizer):
             raise ValueError(f"SGD: copy_dtype must be None, torch.bfloat16 or torch.float16, got {copy_dtype}")
         self.copy_dtype, self.device, self._copies, self._strides = copy_dtype, None, {}, {}
         super().__init__(params, dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
-                                      **FIXED))
+                                      **UPDATE_OPTIONS, **IMPLEMENTATION_OPTIONS))
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's, then: every parameter a dense fp32 tensor on the optimizer's one device; the group's lr a
@@ -169,17 +170,19 @@ class SGD(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load this optimizer's or torch.optim.SGD's state_dict (lr a float or a tensor)."""
+        """Load this optimizer's or torch.optim.SGD's state_dict (lr a float or a tensor, foreach or fused)."""
         for i, group in enumerate(state_dict["param_groups"]):
-            for key, value in FIXED.items():
+            for key, value in UPDATE_OPTIONS.items():
                 if group.get(key, value) != value:
                     raise ValueError(f"SGD.load_state_dict: param group {i} has {key}={group[key]!r}; "
                                      f"this optimizer supports only {key}={value!r}")
         super().load_state_dict(state_dict)
         for group in self.param_groups:
-            group["lr"] = self._lr_tensor(group["lr"])
+            group.update(IMPLEMENTATION_OPTIONS, lr=self._lr_tensor(group["lr"]))
             for p in group["params"]:
-                buf = self.state[p].get("momentum_buffer")
-                if buf is not None and buf.stride() != p.stride():  # saved from another layout
-                    self.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
+                buf = self.state[p].pop("momentum_buffer", None)  # an old torch's may be None: a first step then
+                if buf is not None and buf.stride() != p.stride():  # saved in another layout: take the parameter's
+                    buf = torch.empty_like(p).copy_(buf)
+                if buf is not None:
+                    self.state[p]["momentum_buffer"] = buf
         self.refresh_copies()

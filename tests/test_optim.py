@@ -108,8 +108,8 @@ def test_resuming_from_a_saved_state_dict_gives_the_same_steps(tmp_path, saved_b
     params = make_params(2)
     straight_p, first_p = clone(params), clone(params)
     straight = SGD(straight_p, lr=0.01, momentum=0.9, weight_decay=5e-4, copy_dtype=torch.bfloat16)
-    make = SGD if saved_by == "ours" else torch.optim.SGD
-    first = make(first_p, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    first = (SGD(first_p, lr=0.01, momentum=0.9, weight_decay=5e-4) if saved_by == "ours" else
+             torch.optim.SGD(first_p, lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True))
     for step in range(5):
         set_grads([straight_p, first_p], step)
         straight.step()
@@ -159,6 +159,22 @@ def test_a_momentum_buffer_saved_in_another_layout_is_loaded_in_the_parameters(m
     ours.step()
     for p, w in zip(params, want):
         assert torch.equal(p.detach(), w), f"[weight {tuple(p.shape)}] wrong with a gradient in another layout"
+
+
+def test_a_state_dict_whose_momentum_buffers_are_none_starts_them_as_torch_does():
+    """Older torch versions saved "momentum_buffer": None for a parameter that had no gradient yet."""
+    params = make_params(6)
+    saved = torch.optim.SGD(clone(params), lr=0.01, momentum=0.9).state_dict()
+    saved["state"] = {i: {"momentum_buffer": None} for i in range(len(params))}
+    ours_p, theirs_p = clone(params), clone(params)
+    ours, theirs = SGD(ours_p, lr=0.5, momentum=0.9), torch.optim.SGD(theirs_p, lr=0.5, momentum=0.9)
+    for o in (ours, theirs):
+        o.load_state_dict(saved)
+    for step in range(3):
+        set_grads([ours_p, theirs_p], step)
+        ours.step()
+        theirs.step()
+        assert_same(ours, theirs, f"step {step} after loading None buffers")
 
 
 def scaled_steps(optimizer_for, params, overflow_at, unscale_at, steps=8):
