@@ -457,26 +457,26 @@ def test_cuda_step_reads_nothing_back_and_replays_in_a_cuda_graph():
     eager_p, graph_p = clone(params), clone(params)
     eager = SGD(eager_p, lr=0.01, momentum=0.9, weight_decay=5e-4, copy_dtype=torch.bfloat16)
     graphed = SGD(graph_p, lr=0.01, momentum=0.9, weight_decay=5e-4, copy_dtype=torch.bfloat16)
-    scaler_state = (torch.tensor(4.0, device="cuda"), torch.tensor(0.0, device="cuda"))
-    for o in (eager, graphed):  # first steps (buffers made, kernels built), outside any graph
-        set_grads([o.param_groups[0]["params"]], 0)
-        o.grad_scale, o.found_inf = scaler_state
-        o.step()
+    for o in (eager, graphed):  # as GradScaler hands them over
+        o.grad_scale, o.found_inf = torch.tensor(4.0, device="cuda"), torch.tensor(0.0, device="cuda")
+    for step in range(2):  # the first step and a later one outside the graph: buffers made, both kernels built
+        set_grads([eager_p, graph_p], step)
+        eager.step()
+        graphed.step()
     graph = torch.cuda.CUDAGraph()
-    set_grads([graph_p], 1)
-    torch.cuda.set_sync_debug_mode("error")  # any read back to the host raises
-    try:
-        with torch.cuda.graph(graph):
-            graphed.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    for step in range(1, 6):
+    with torch.cuda.graph(graph):  # a read back to the host inside step() would fail the capture
+        graphed.step()
+    for step in range(2, 7):
         set_grads([eager_p], step)
         for p, q in zip(eager_p, graph_p):
             q.grad.copy_(p.grad)  # in place: the graph reads these addresses
-        eager.step()
+        torch.cuda.set_sync_debug_mode("error")  # and eagerly: any synchronising call raises
+        try:
+            eager.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
         graph.replay()
-        for o in (eager, graphed):
+        for o in (eager, graphed):  # a scheduler's fill_, seen by the graph
             o.param_groups[0]["lr"].fill_(0.01 / step)
         torch.cuda.synchronize()
         assert_same(graphed, eager, f"replay {step}")
