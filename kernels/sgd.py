@@ -138,7 +138,7 @@ def sgd_step(weights: list[torch.Tensor], grads: list[torch.Tensor], momentum_bu
     `first_step`. copies[i]: bf16 or fp16 in the same layout; or copies is None. All on one device. lr: a 0-dim
     float64 tensor there. grad_scale and found_inf: GradScaler's one-element fp32 tensors, or None (found_inf
     alone once the gradients are unscaled). `check=False` skips checking all that (~1 us a tensor), for a caller
-    that has (alexnet.optim.SGD, whose tensors stay the same from step to step)."""
+    that has checked them already (an optimizer, whose tensors stay the same from step to step)."""
     if not weights:
         return
     device = weights[0].device
