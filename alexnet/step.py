@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.cli import topk_hits
+from alexnet.optim import SGD
 
 # TrainStep.totals. FIRST_BAD: the first step whose loss was not finite (0: none yet), BAD_LOSS its loss.
 LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = range(6)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
 WARMUP_STEPS = 3  # eager steps before the capture: tiles chosen, kernels compiled, the allocator's pools warm
 
 
@@ -60,6 +62,30 @@ class TrainStep:
             return self.totals.tolist(), lr
         *totals, lr = torch.cat((self.totals, lr.to(self.totals).reshape(1))).tolist()
         return totals, lr
+
+
+def mixed_precision(amp: str, device: torch.device):
+    """(autocast context factory, GradScaler) for --amp; the scaler is a no-op unless fp16."""
+    if amp == "none":
+        autocast = contextlib.nullcontext
+    else:
+        def autocast():  # no cast cache: each weight is cast once a step anyway, and a CUDA graph forbids it
+            return torch.autocast(device.type, dtype=AMP_DTYPES[amp], cache_enabled=False)
+    return autocast, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def training_step(model, net, runner, device: torch.device, amp: str, lr: float, momentum: float,
+                  weight_decay: float) -> TrainStep:
+    """The trainer's step: `runner` (`net` itself, or compiled) on batches, the one-pass SGD (alexnet.optim)
+    updating `net`'s parameters (`model`'s, or under torchrun this rank's tower's) and, for a 16-bit run,
+    writing the 16-bit copies of the weights that `model`'s fully connected layers read (the convs of
+    --kernels triton read the fp32 weights themselves)."""
+    copy_dtype = AMP_DTYPES.get(amp)
+    optimizer = SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, copy_dtype=copy_dtype)
+    if copy_dtype is not None:
+        model.read_copies(optimizer.copy_of)
+    autocast, scaler = mixed_precision(amp, device)
+    return TrainStep(runner, optimizer, scaler, autocast, device)
 
 
 def capture_blockers(step: TrainStep, device: torch.device, distributed: bool) -> str | None:

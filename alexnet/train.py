@@ -59,7 +59,8 @@ import kernels
 from alexnet import checkpoint, distributed
 from alexnet.cli import COUNT, DEVICE_HELP, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, resolve_device, topk_hits
 from alexnet.model import INITS, PAPER_OPTIONS, AlexNet
-from alexnet.step import BAD_LOSS, FIRST_BAD, HITS, LAST_LOSS, LOSS_SUM, CapturedStep, TrainStep, capture_blockers
+from alexnet.step import AMP_DTYPES, BAD_LOSS, FIRST_BAD, HITS, LAST_LOSS, LOSS_SUM, CapturedStep, capture_blockers, \
+    training_step
 from alexnet.run_folder import ARGS, BEST, CHECKPOINT, METRICS, FolderError, RunFolder, append_metrics, \
     keep_metrics_until
 from data.check import available_cpus, quick_check_all
@@ -81,7 +82,6 @@ DEFAULTS = dict(data_path=None, exclude_list=None, kernels="torch", amp="none", 
 # What a resumed run takes from its checkpoint's arguments unless given again. These flags have no
 # argparse default: a flag is given exactly when it is in the parsed namespace.
 INHERITED = tuple(dict.fromkeys(("data_path", "exclude_list", *RECIPES["paper"], *DEFAULTS)))
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOADERS = ("dali", "pil")  # --data-loader: same plans, same outputs
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "step_in_epoch", "step", "rng")  # beyond the weights
 # samples_in_epoch too since it was added; an older checkpoint's is step_in_epoch x its -b x its replicas
@@ -288,16 +288,6 @@ def check_backend(config: Config, device: torch.device) -> None:
     print(f"kernels: {config.kernels} ({others} to compare)")
 
 
-def mixed_precision(amp: str, device: torch.device):
-    """(autocast context factory, GradScaler) for --amp; the scaler is a no-op unless fp16."""
-    if amp == "none":
-        autocast = contextlib.nullcontext
-    else:
-        def autocast():  # no cast cache: each weight is cast once a step anyway, and a CUDA graph forbids it
-            return torch.autocast(device.type, dtype=AMP_DTYPES[amp], cache_enabled=False)
-    return autocast, torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-
 def make_scheduler(optimizer, config: Config):
     if config.lr_scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
@@ -439,11 +429,11 @@ class Run:
         # what runs the batches: `net`, or with --compile its compiled form (sharing its parameters; `net`
         # is what is saved and restored, so checkpoints are the same either way)
         self.runner = torch.compile(self.net) if config.compile else self.net
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.train_step = training_step(model, self.net, self.runner, layout.device, config.amp, config.lr,
+                                        config.momentum, config.weight_decay)
+        self.optimizer, self.scaler, self.autocast = (self.train_step.optimizer, self.train_step.scaler,
+                                                      self.train_step.autocast)
         self.scheduler = make_scheduler(self.optimizer, config)
-        self.autocast, self.scaler = mixed_precision(config.amp, layout.device)
-        self.train_step = TrainStep(self.runner, self.optimizer, self.scaler, self.autocast, layout.device)
         self.run_step = self.train_step  # or its CUDA graph:
         if config.cuda_graphs == "on" and layout.device.type == "cuda":
             blocker = capture_blockers(self.train_step, layout.device, distributed=layout.world_size > 1)
@@ -465,6 +455,7 @@ class Run:
                 f"give the ablation flags it was trained with")
         checkpoint.load_model_state(self.model, state, config.resume)
         layout.load_weights(self.net, self.model)
+        self.optimizer.refresh_copies()  # the forward's 16-bit weights, of the weights just loaded
         if state.get("classes", self.data.classes) != self.data.classes:
             raise checkpoint.CheckpointError(
                 f"checkpoint {config.resume} was trained on other classes than the data has "
@@ -498,9 +489,10 @@ class Run:
               f"{self.step_in_epoch * config.batch_size * layout.replicas} of the epoch (step {self.step_in_epoch} "
               f"at -b {config.batch_size})")
         if lr_given:
-            print(f"lr set to {config.lr:g} by --lr (the checkpoint's was {self.optimizer.param_groups[0]['lr']:g})")
+            print(f"lr set to {config.lr:g} by --lr (the checkpoint's was "
+                  f"{float(self.optimizer.param_groups[0]['lr']):g})")
             for group in self.optimizer.param_groups:
-                group["lr"] = config.lr
+                group["lr"].fill_(config.lr)  # in place: a CUDA graph reads this tensor
         if self.epoch >= config.epochs:
             print(f"the checkpoint has finished all {config.epochs} epochs; raise --epochs to train on")
 
@@ -601,7 +593,7 @@ class Run:
                 break
             epoch_metrics = self.train_metrics()
             val = evaluate(self.runner, val_loader, autocast=self.autocast, reduce=layout.sum_over_replicas)
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = float(self.optimizer.param_groups[0]["lr"])  # the epoch's (a device tensor the scheduler changes)
             if config.lr_scheduler == "plateau":
                 self.scheduler.step(val["top1"])
             else:

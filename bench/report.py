@@ -43,6 +43,7 @@ docs/gpu-reports/<date>-<time>-<device>/ on a GPU, report-cpu/<date>-<time>/ oth
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -557,31 +558,37 @@ def time_train_steps(run) -> list[dict]:
     from bench.common import time_ms
     from bench.test_train_step import make_step
 
+    from alexnet.step import WARMUP_STEPS
+
     plan, device = run.plan, run.device
     rows = []
-    for amp in plan["step_amps"]:
-        for backend in plan["step_backends"]:
-            if backend == "compile" and amp not in plan["compile_amps"]:
-                continue
-            row = dict(backend=backend, amp=amp, batch=plan["step_batch"])
-            reset_peak_memory(device)
-            try:
-                step = make_step(backend, amp, device, plan["step_batch"])
-                start = time.perf_counter()
-                step()  # compiles and autotunes: timed apart
-                synchronize(device)
-                row["first_step_s"] = time.perf_counter() - start
-                row.update(time_ms(step, device, plan["rounds"], graph=False))
-                row["img_per_s"] = plan["step_batch"] / row["ms"] * 1e3
-                row["max_memory_allocated_mb"] = peak_memory_mb(device)
-            except Exception as error:
-                row["exception"] = recorded(error, device)
-            rows.append(row)
+    graphs = (False, True) if device.type == "cuda" else (False,)  # eager, then as the trainer runs it on a GPU
+    for amp, backend, graph in itertools.product(plan["step_amps"], plan["step_backends"], graphs):
+        if backend == "compile" and amp not in plan["compile_amps"]:
+            continue
+        row = dict(backend=backend, amp=amp, batch=plan["step_batch"], cuda_graph=graph)
+        reset_peak_memory(device)
+        try:
+            step = make_step(backend, amp, device, plan["step_batch"], graph=graph)
+            start = time.perf_counter()
+            step()  # compiles and autotunes: timed apart
+            synchronize(device)
+            row["first_step_s"] = time.perf_counter() - start
+            for _ in range(WARMUP_STEPS if graph else 0):  # the rest of the warm-up, then the capture
+                step()
+            row.update(time_ms(step, device, plan["rounds"], graph=False))
+            row["img_per_s"] = plan["step_batch"] / row["ms"] * 1e3
+            row["max_memory_allocated_mb"] = peak_memory_mb(device)
+        except Exception as error:
+            row["exception"] = recorded(error, device)
+        rows.append(row)
     return rows
 
 
 def loss_agreement(run) -> list[dict]:
-    """Triton's and torch's losses over the same few steps (same initial weights, same images): one row a step."""
+    """Triton's and torch's losses over the same few steps (same initial weights, same images), and Triton's again
+    with the step replayed from a CUDA graph (as the trainer runs it: bit for bit the eager losses): one row a step.
+    Then each conv layer's weight gradient computed twice from the same inputs: bit-identical (no atomics)."""
     from bench.test_train_step import make_step
 
     plan, device = run.plan, run.device
@@ -590,20 +597,54 @@ def loss_agreement(run) -> list[dict]:
     rows = []
     for amp in plan["agreement"]["amps"]:
         losses, errors = {}, {}
-        for backend in ("torch", "triton"):
+        for backend, graph in (("torch", False), ("triton", False), ("triton", True)):
+            name = backend + " graph" * graph
             try:
-                step = make_step(backend, amp, device, plan["step_batch"])
-                losses[backend] = [step().item() for _ in range(plan["agreement"]["steps"])]
+                step = make_step(backend, amp, device, plan["step_batch"], graph=graph)
+                losses[name] = [step().item() for _ in range(plan["agreement"]["steps"])]
             except Exception as error:
-                errors[backend] = recorded(error, device)
+                errors[name] = recorded(error, device)
         for i in range(plan["agreement"]["steps"]):
-            row = dict(amp=amp, step=i + 1, **{f"{b}_loss": losses[b][i] for b in losses})
-            if len(losses) == 2:
+            row = dict(amp=amp, step=i + 1, **{f"{b.replace(' ', '_')}_loss": losses[b][i] for b in losses})
+            if "torch" in losses and "triton" in losses:
                 row["relative_difference"] = abs(losses["triton"][i] - losses["torch"][i]) / abs(losses["torch"][i])
+            if "triton" in losses and "triton graph" in losses:
+                row["graph_equals_eager"] = losses["triton graph"][i] == losses["triton"][i]
             if errors:
                 row["exception"] = "; ".join(f"{b}: {e}" for b, e in errors.items())
             rows.append(row)
+    return rows + wgrad_repeats(run)
+
+
+def wgrad_repeats(run) -> list[dict]:
+    """Each conv layer's dW from the same inputs twice, in the training dtypes: equal bit for bit."""
+    from kernels.conv_relu.launch import conv2d_relu_fwd, conv2d_relu_wgrad
+
+    plan, device = run.plan, run.device
+    rows = []
+    for dt, layer in itertools.product(plan["train_dtypes"], conv_layers(run)):
+        row = dict(check="wgrad twice", dtype=dt, layer=layer)
+        try:
+            with precision(dt):
+                x, w, b, (stride, padding, groups) = conv_problem(layer, dt, plan, device)
+                y = conv2d_relu_fwd(x, w, b, stride, padding, groups)
+                dy = torch_randn_like(y)
+                first, again = (conv2d_relu_wgrad(dy, y, x, w.shape, stride, padding, groups)[0] for _ in range(2))
+            row["bit_identical"] = torch_equal(first, again)
+        except Exception as error:
+            row["exception"] = recorded(error, device)
+        rows.append(row)
     return rows
+
+
+def torch_randn_like(t):
+    import torch
+    return torch.randn(t.shape, device=t.device, dtype=t.dtype, generator=torch.Generator(t.device).manual_seed(3))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------------------------------------

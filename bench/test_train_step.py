@@ -12,10 +12,9 @@ layer "train step", pass "step" (bench.roofline's row).
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from alexnet.model import AlexNet
-from alexnet.train import AMP_DTYPES, mixed_precision
+from alexnet.step import AMP_DTYPES, LAST_LOSS, CapturedStep, training_step
 from bench.common import measure
 
 GPU = torch.cuda.is_available()
@@ -25,24 +24,22 @@ BACKENDS = ["torch", "compile", "triton"] if GPU else ["torch", "compile"]
 AMPS = ["none", "bf16"] if GPU else ["none"]
 
 
-def make_step(backend: str, amp: str, device: torch.device, batch: int = BATCH):
-    """A function running one training step of AlexNet(kernels=backend) and returning its loss; on synthetic images
-    unless given others (bench.report's too: its DALI-fed step and the loss agreement)."""
+def make_step(backend: str, amp: str, device: torch.device, batch: int = BATCH, graph: bool = False):
+    """A function running one training step of AlexNet(kernels=backend), the trainer's own (alexnet.step: the
+    one-pass SGD, the 16-bit weight copies, nothing read back), and returning its loss (a device tensor); on
+    synthetic images unless given others (bench.report's too: its DALI-fed step and the loss agreement).
+    `graph`: as the trainer runs it on a GPU, captured as a CUDA graph after its warm-up steps."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=1000, kernels=backend).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    autocast, scaler = mixed_precision(amp, device)
-    images = torch.randn(batch, 3, 227, 227, device=device) * 50
+    train_step = training_step(model, model, model, device, amp, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    run = CapturedStep(train_step, side_stream=torch.cuda.Stream(device)) if graph else train_step
+    images = (torch.randn(batch, 3, 227, 227, device=device) * 50).to(  # as the loader delivers them
+        AMP_DTYPES.get(amp, torch.float32), memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
     def step(images=images, labels=labels):
-        with autocast():
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss
+        run(images, labels)
+        return train_step.totals[LAST_LOSS]
 
     return step
 

@@ -14,6 +14,7 @@ import triton.testing
 import bench.report as report
 from bench.common import time_ms
 from kernels.conv_relu import tiles as conv_tiles
+from tests.devices import needs_interpreter
 
 
 def stand_in(rows):
@@ -160,3 +161,13 @@ def test_a_layer_whose_set_up_fails_leaves_the_others_timed(tmp_path, monkeypatc
         [dict(layer="conv1", dtype="fp32", pass_="(set-up)", exception="RuntimeError: conv1's set-up failed")], rows
     timed = {(row["layer"], row["pass_"]) for row in rows if "ms" in row}
     assert {("conv2", "wgrad"), ("lrn1", "fwd+bwd"), ("pool1", "fwd")} <= timed, timed
+
+
+@needs_interpreter
+def test_wgrad_twice_from_the_same_inputs_is_bit_identical(tmp_path):
+    """The agreement stage's determinism check (run on a GPU), here on the quick plan's shapes in the interpreter."""
+    plan = report.make_plan(gpu=False, quick=True)
+    rows = report.wgrad_repeats(report.Run(plan=plan, device=torch.device("cpu"), env={}, scratch=tmp_path))
+    assert [(row["dtype"], row["layer"]) for row in rows] == [(dt, layer) for dt in plan["train_dtypes"]
+                                                             for layer in ("conv1", "conv2")]
+    assert all(row.get("bit_identical") is True for row in rows), rows
