@@ -40,7 +40,7 @@ ESTIMATE (H100 SXM; no GPU ran)
                 dense bf16 or tf32 peak, bytes at HBM speed).
 
 Where CUDA would run other ops than the CPU the fakes are on, the step takes CUDA's choice: the optimizer's
-foreach kernels (torch's default on CUDA), the fused dropout kernel (one launch, not a bernoulli, a division
+one Triton pass (alexnet.optim on CUDA; its CPU path is torch's per-tensor ops), the fused dropout kernel (one launch, not a bernoulli, a division
 and a product), wgrad's reduction split for an H100's 132 SMs. Autocast follows the CPU's op lists (the same
 for this model's convs and linears; the loss may differ from CUDA's by a cast), and the torch backend's LRN
 runs in fp32 under bf16, as on a CPU (kernels/torch_ops.py). torch.compile cannot run on fake tensors (Inductor
@@ -51,6 +51,7 @@ is marked *); the rest of the step is counted.
 
 import argparse
 import contextlib
+import importlib
 import dataclasses
 import json
 import math
@@ -253,6 +254,7 @@ def stubbed_launches(record):
     import kernels.tensors as tensors
 
     kernels.backend("triton")  # every launcher imported now, binding the real launch (replaced below)
+    importlib.import_module("kernels.sgd")  # the optimizer's, imported at its first CUDA step
 
     def stub(kernel, grid, device, *args, **kwargs):
         record(kernel, grid, _named_args(kernel, args, kwargs))
@@ -327,8 +329,10 @@ def _aot_step_estimates(path: Path) -> dict:
 
 @contextlib.contextmanager
 def as_on_cuda():
-    """CUDA's choices where the CPU's differ: F.dropout as the one fused kernel (aten.native_dropout), and
-    wgrad's split of its reduction for an H100's SMs (perf.launches.SMS) instead of the CPU's stand-in."""
+    """CUDA's choices where the CPU's differ: F.dropout as the one fused kernel (aten.native_dropout), wgrad's
+    split of its reduction for an H100's SMs (perf.launches.SMS) instead of the CPU's stand-in, and the
+    optimizer's Triton pass."""
+    from alexnet import optim
     from kernels.conv_relu import launch as conv_launch
     from perf.launches import SMS
 
@@ -339,7 +343,8 @@ def as_on_cuda():
             return torch.native_dropout(input, p, training)[0]
         return dropout(input, p, training, inplace)
 
-    with mock.patch.object(F, "dropout", fused_dropout), mock.patch.object(conv_launch, "_sms", lambda device: SMS):
+    with mock.patch.object(F, "dropout", fused_dropout), mock.patch.object(conv_launch, "_sms", lambda device: SMS), \
+            mock.patch.object(optim, "runs_kernel", lambda device: True):
         yield
 
 
@@ -399,7 +404,7 @@ def _nodes_between(out, inputs) -> set:
 
 def trainer_step(backend: str, amp: str, batch: int, compile_model: bool = False):
     """(step, images, labels, regions): alexnet.train's Run's step (a TrainStep) for 1000 classes at `batch`,
-    built in the current (fake) tensor mode, the optimizer's foreach kernels on as on CUDA. What torch.compile
+    built in the current (fake) tensor mode, the optimizer's CUDA path (one Triton launch). What torch.compile
     would compile (the whole network with `compile_model`, the ops of the compile backend) runs eagerly, marked
     in `regions` (CompiledRegions)."""
     from alexnet import distributed
@@ -416,9 +421,6 @@ def trainer_step(backend: str, amp: str, batch: int, compile_model: bool = False
         model.ops = Backend("compile", *(autocast_inputs(regions.wrap(op)) for op in
                                          (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)))
     run = Run(config, distributed.Layout(0, 1, 1, torch.device("cpu")), model, data=None)
-    for group in run.optimizer.param_groups:
-        if group.get("foreach", False) is None:
-            group["foreach"] = True  # torch's default on CUDA
     step = run.train_step
     if compile_model:  # alexnet.train --compile: torch.compile(net)
         step.net = regions.wrap(step.net)
