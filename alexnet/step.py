@@ -12,6 +12,7 @@ totals.
 """
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -106,13 +107,14 @@ class CapturedStep:
     """`step` run eagerly for `warmup` steps, then captured as one CUDA graph and replayed: each call
     copies the batch into static input buffers and launches the graph. A batch of another shape (the
     graph's are fixed) runs eagerly. `graph_factory` and `capture` are CUDA's (torch.cuda.CUDAGraph,
-    torch.cuda.graph); tests pass stand-ins to drive the same logic on a CPU."""
+    torch.cuda.graph, thread-local); tests pass stand-ins to drive the same logic on a CPU."""
 
     def __init__(self, step: TrainStep, warmup: int = WARMUP_STEPS, graph_factory=None, capture=None,
                  side_stream=None):
         self.step, self.warmup, self.calls = step, warmup, 0
         self.graph_factory = graph_factory or torch.cuda.CUDAGraph
-        self.capture = capture or torch.cuda.graph
+        # thread_local: the loader's own threads (DALI's) keep working on the GPU while this thread captures
+        self.capture = capture or functools.partial(torch.cuda.graph, capture_error_mode="thread_local")
         self.side_stream = side_stream  # the warm-up's stream: torch asks for one other than the default
         self.graph, self.images, self.labels = None, None, None
 
