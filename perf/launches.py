@@ -16,6 +16,7 @@ from alexnet.layers import CONVS, LRN, LRNS, POOL, POOL_NO_OVERLAP, POOLS
 from kernels import local_response_norm as lrn_op
 from kernels import maxpool
 from kernels.conv_relu import launch as conv_launch
+from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import conv_geometry
 from kernels.conv_relu.tiles import gemm_sides, tile_meta, usable_tiles
 from kernels.tensors import FLOAT_DTYPES, memory_format
@@ -77,12 +78,12 @@ def pool_launches():
 
 
 def conv_launches(batch: int = BATCH, sms: int = SMS):
-    """The conv kernels at AlexNet's convolutions, one per usable tile, on channels_last inputs: the loader's
-    images for conv1, and conv1's output layout (which LRN and max-pool keep) for the rest. conv1 runs in its
-    space-to-depth form, whose forward and wgrad read x itself: an NCHW x (a caller's, not the step's) makes
-    other builds of those two. The training step runs bf16 or tf32, and never conv1's dgrad (the images need
-    none). MACs and bytes are the convolution's own (bench.costs), not its space-to-depth form's."""
+    """The conv kernels at AlexNet's convolutions, one per usable tile. conv1's input is NCHW (the images) and
+    runs in its space-to-depth form; the others are channels_last (conv1's output layout, which LRN and
+    max-pool keep). The training step runs bf16 or tf32, and never conv1's dgrad (the images need none).
+    MACs and bytes are the convolution's own (bench.costs), not its space-to-depth form's."""
     for name, (x_shape, w_shape, stride, padding, groups) in CONVS.items():
+        layout = torch.contiguous_format if name == "conv1" else torch.channels_last
         geometry = conv_geometry((batch, *x_shape), w_shape, stride, padding, groups)
         form = geometry.kernel_form
         for dtype in FLOAT_DTYPES:
@@ -90,35 +91,32 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
             dt = dtype_name(dtype, tf32=tf32)
             label = f"{name} {str(dtype).removeprefix('torch.')}{' tf32' if tf32 else ''}"
             in_the_step = dt in ("bf16", "tf32")
-            x = torch.empty(geometry.x_shape, dtype=dtype, device="meta", memory_format=torch.channels_last)
-            inputs = [(x, label, in_the_step)]  # (x, its label, in the step)
-            if geometry.runs_as:
-                inputs.append((x.contiguous(), f"{label} NCHW", False))
+            x = torch.empty(geometry.x_shape, dtype=dtype, device="meta", memory_format=layout)
             w = torch.empty(geometry.w_shape, dtype=dtype, device="meta")
             b = torch.empty(geometry.K, dtype=dtype, device="meta")
+            if geometry.runs_as:  # the launchers' own copies to the space-to-depth form (its layout included)
+                x, w = space_to_depth.to_input(x, geometry), space_to_depth.to_weight(w, geometry)
 
-            def work(op, launch_grid, iterations, step):
+            def work(op, launch_grid, iterations, step=in_the_step):
                 return conv_work(name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(launch_grid),
                                  iterations, step)
 
+            y, plan = conv_launch.fwd_plan(x, w, b, form)
             window = form.C // form.groups * form.R * form.S
-            for x, x_label, step in inputs:
-                y, plan = conv_launch.fwd_plan(x, w, b, geometry)
-                yield from _tiled(f"{x_label} fwd", "fwd", plan,
-                                  lambda m: work("fwd", plan.grid(m), triton.cdiv(window, m["BLOCK_K"]), step))
+            yield from _tiled(f"{label} fwd", "fwd", plan,
+                              lambda m: work("fwd", plan.grid(m), triton.cdiv(window, m["BLOCK_K"])))
             g, _, mask = conv_launch.mask_plan(y, y, bias=True)
             mask_bytes = 3 * y.numel() * ELEMENT_BYTES[dt] + 2 * mask.grid[0] * y.shape[1] * 4  # dy, y, g; db
             yield f"{label} relu_mask", mask.kernel, mask.args, launch_work(
                 name, "relu_mask", dt, prod(mask.grid), 1, 0, mask_bytes, in_the_step)
-            _, dgrad = conv_launch.dgrad_plan(g, w, geometry)
+            _, dgrad = conv_launch.dgrad_plan(g, w, form)
             taps = triton.cdiv(form.R, form.stride[0]) * triton.cdiv(form.S, form.stride[1]) * (form.K // form.groups)
             yield from _tiled(f"{label} dgrad", "dgrad", dgrad, lambda m: work(
-                "dgrad", dgrad.grid(m), triton.cdiv(taps, m["BLOCK_K"]), in_the_step and name != "conv1"))
-            for x, x_label, step in inputs:
-                _, wgrad = conv_launch.wgrad_plan(g, x, geometry, sms=sms)
-                pixels = wgrad.args["ROWS"]
-                yield from _tiled(f"{x_label} wgrad", "wgrad", wgrad, lambda m: work(
-                    "wgrad", wgrad.grid(m), triton.cdiv(triton.cdiv(pixels, m["BLOCK_K"]), wgrad.grid(m)[2]), step))
+                "dgrad", dgrad.grid(m), triton.cdiv(taps, m["BLOCK_K"]), step=in_the_step and name != "conv1"))
+            _, wgrad = conv_launch.wgrad_plan(g, x, form, sms=sms)
+            pixels = wgrad.args["ROWS"]
+            yield from _tiled(f"{label} wgrad", "wgrad", wgrad, lambda m: work(
+                "wgrad", wgrad.grid(m), triton.cdiv(triton.cdiv(pixels, m["BLOCK_K"]), wgrad.grid(m)[2])))
 
 
 def _tiled(label, kernel_name, plan, work):

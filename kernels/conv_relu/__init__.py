@@ -29,14 +29,13 @@ rows by h mod sh (and columns by v mod sw) gives sh*sw dense sub-convolutions wi
 taps each, so no work is spent on taps that miss.
 
 Space-to-depth: a strided convolution over few channels (AlexNet's conv1: 3 channels, 11x11, stride 4) runs
-as the stride-1 convolution it equals, over 48 channels of 3x3 taps (space_to_depth.py), which the forward
-and wgrad read straight from x through their addressing.
+as the stride-1 convolution it equals, over 48 channels of 3x3 taps (space_to_depth.py).
 
 Layout: the window index is (r, s, c) with c fastest and tensors are addressed through their strides, so
 any layout is correct and NHWC (channels_last) is the fast one: there an im2col row reads channels
 contiguously, which is what tensor cores want, and an output tile [pixels, channels] is written
 contiguously. So y, g and dx are channels_last; the weights, small, are permuted per call so each GEMM
-reads them contiguously along its reduction; x is read in place (its space-to-depth form too).
+reads them contiguously along its reduction; x is read in place (or as its space-to-depth copy).
 When the channels of a group are a multiple of BLOCK_K, a block of the reduction never straddles two
 window taps, so the tap is one scalar per step and the masks are per pixel, not per element.
 

@@ -3,8 +3,7 @@
 `conv_geometry(x_shape, w_shape, stride, padding, groups)` checks that the shapes make a convolution and
 returns its ConvGeometry, cached per shape (a training step sees the same few shapes over and over).
 `runs_as` is the convolution the kernels actually run: itself, or for a strided convolution over few channels
-its space-to-depth form (kernels/conv_relu/space_to_depth.py), a stride-1 convolution over sh*sw*C channels,
-which the forward and wgrad kernels read straight from x (`x_constants`) and dgrad writes as its own copy.
+its space-to-depth form (kernels/conv_relu/space_to_depth.py), a stride-1 convolution over sh*sw*C channels.
 """
 
 import functools
@@ -47,19 +46,10 @@ class ConvGeometry:
         return self.runs_as or self
 
     def constants(self) -> dict:
-        """The constexpr geometry the three GEMM kernels share, of this convolution."""
+        """The constexpr geometry the three GEMM kernels share."""
         return dict(H=self.H, W=self.W, P=self.P, Q=self.Q, CG=self.C // self.groups, KG=self.K // self.groups,
                     KH=self.R, KW=self.S, STRIDE_H=self.stride[0], STRIDE_W=self.stride[1],
                     PAD_H=self.padding[0], PAD_W=self.padding[1])
-
-    def x_constants(self) -> dict:
-        """The constexpr geometry of the kernels that read x (forward and wgrad): kernel_form's, read from x
-        itself. For a space-to-depth form: x's own height, width and padding, and the block S2D_H x S2D_W (the
-        stride) whose pixels make its channels; S2D 1 x 1 when the convolution runs as itself."""
-        if self.runs_as is None:
-            return dict(self.constants(), S2D_H=1, S2D_W=1)
-        return dict(self.runs_as.constants(), H=self.H, W=self.W, PAD_H=self.padding[0], PAD_W=self.padding[1],
-                    S2D_H=self.stride[0], S2D_W=self.stride[1])
 
 
 def pair(value, name: str) -> tuple[int, int]:

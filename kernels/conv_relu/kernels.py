@@ -46,19 +46,6 @@ def _split_window(kk, C: tl.constexpr, S: tl.constexpr):
 
 
 @triton.jit
-def _x_position(c, r, s, CG: tl.constexpr, S2D_H: tl.constexpr, S2D_W: tl.constexpr):
-    """Window position (c, r, s) of the convolution the kernel runs -> the channel, row and column of x it
-    reads (row and column from the window's corner). The same unless the kernel runs a space-to-depth form
-    (S2D_H x S2D_W > 1, geometry.py runs_as) straight from x: its channel c = (i*S2D_W + j)*C + c' at tap
-    (r, s) is x's channel c' at row r*S2D_H + i, column s*S2D_W + j (C = CG / (S2D_H*S2D_W) channels)."""
-    if S2D_H * S2D_W > 1:
-        C: tl.constexpr = CG // (S2D_H * S2D_W)
-        jc = c % (S2D_W * C)  # (j, c') together: for channels_last x, S2D_W*C contiguous values
-        c, r, s = jc % C, r * S2D_H + c // (S2D_W * C), s * S2D_W + jc // C
-    return c, r, s
-
-
-@triton.jit
 def _inside(h, w, H: tl.constexpr, W: tl.constexpr):
     return (h >= 0) & (h < H) & (w >= 0) & (w < W)
 
@@ -111,7 +98,6 @@ def fwd_kernel(
     H: tl.constexpr, W: tl.constexpr, P: tl.constexpr, Q: tl.constexpr,
     CG: tl.constexpr, KG: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
-    S2D_H: tl.constexpr, S2D_W: tl.constexpr,  # > 1: a space-to-depth form read from x (_x_position)
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -122,28 +108,25 @@ def fwd_kernel(
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels (GEMM rows)
     n, p, q = _split_pixels(m, P, Q)
     m_ok = m < ROWS
-    ih, iw = p * (STRIDE_H * S2D_H) - PAD_H, q * (STRIDE_W * S2D_W) - PAD_W  # each pixel's window corner in x
+    ih, iw = p * STRIDE_H - PAD_H, q * STRIDE_W - PAD_W  # top-left corner of each pixel's window
     x_row = n * sx_n + ih * sx_h + iw * sx_w + g * CG * sx_c
     k = g * KG + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels (GEMM columns)
     k_ok = k < (g + 1) * KG
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, CG * KH * KW, BLOCK_K):
-        if CG % BLOCK_K == 0 and S2D_H * S2D_W == 1:  # one tap (r, s) per step: masks per pixel
+        if CG % BLOCK_K == 0:  # one tap (r, s) per step: masks per pixel
             r, s = (k0 // CG) // KW, (k0 // CG) % KW
             c = tl.multiple_of(k0 % CG, BLOCK_K) + tl.arange(0, BLOCK_K)  # the hint lets loads go async
-            xc, xr, xs = c, r, s
             a_ok = (m_ok & _inside(ih + r, iw + s, H, W))[:, None]
             b_ok = k_ok[None, :]
         else:  # the window's positions (the reduction), element by element
             kk = k0 + tl.arange(0, BLOCK_K)
             c, r, s = _split_window(kk, CG, KW)
-            xc, xr, xs = _x_position(c, r, s, CG, S2D_H, S2D_W)
             kk_ok = kk < CG * KH * KW
-            a_ok = m_ok[:, None] & kk_ok[None, :] & _inside(ih[:, None] + xr[None, :], iw[:, None] + xs[None, :],
-                                                            H, W)
+            a_ok = m_ok[:, None] & kk_ok[None, :] & _inside(ih[:, None] + r[None, :], iw[:, None] + s[None, :], H, W)
             b_ok = kk_ok[:, None] & k_ok[None, :]
-        a = tl.load(x_ptr + x_row[:, None] + (xc * sx_c + xr * sx_h + xs * sx_w)[None, :], mask=a_ok, other=0.0)
+        a = tl.load(x_ptr + x_row[:, None] + (c * sx_c + r * sx_h + s * sx_w)[None, :], mask=a_ok, other=0.0)
         b = tl.load(w_ptr + (c * sw_c + r * sw_r + s * sw_s)[:, None] + (k * sw_k)[None, :], mask=b_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION)
 
@@ -226,7 +209,6 @@ def wgrad_kernel(
     H: tl.constexpr, W: tl.constexpr, P: tl.constexpr, Q: tl.constexpr,
     CG: tl.constexpr, KG: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
-    S2D_H: tl.constexpr, S2D_W: tl.constexpr,  # > 1: a space-to-depth form read from x (_x_position)
     GROUPS: tl.constexpr, PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -240,8 +222,7 @@ def wgrad_kernel(
     kk = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # window positions (GEMM columns)
     c, r, s = _split_window(kk, CG, KW)
     kk_ok = kk < CG * KH * KW
-    xc, xr, xs = _x_position(c, r, s, CG, S2D_H, S2D_W)
-    x_col = xr * sx_h + xs * sx_w + (g * CG + xc) * sx_c
+    x_col = r * sx_h + s * sx_w + (g * CG + c) * sx_c
 
     share = tl.cdiv(tl.cdiv(ROWS, BLOCK_K), tl.num_programs(2)) * BLOCK_K  # the reduction, cut in contiguous shares
     start = split * share
@@ -253,8 +234,8 @@ def wgrad_kernel(
         a = tl.load(g_ptr + k[:, None] + (m * (KG * GROUPS))[None, :],
                     mask=k_ok[:, None] & m_ok[None, :], other=0.0)
         n, p, q = _split_pixels(m, P, Q)
-        ih, iw = p * (STRIDE_H * S2D_H) - PAD_H, q * (STRIDE_W * S2D_W) - PAD_W
-        b_ok = m_ok[:, None] & kk_ok[None, :] & _inside(ih[:, None] + xr[None, :], iw[:, None] + xs[None, :], H, W)
+        ih, iw = p * STRIDE_H - PAD_H, q * STRIDE_W - PAD_W
+        b_ok = m_ok[:, None] & kk_ok[None, :] & _inside(ih[:, None] + r[None, :], iw[:, None] + s[None, :], H, W)
         b = tl.load(x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None] + x_col[None, :], mask=b_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION)
 

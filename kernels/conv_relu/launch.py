@@ -1,10 +1,7 @@
 """Planning and starting the conv kernels, the autograd Function, and the op as torch.compile sees it.
 
 A plan turns tensors and a ConvGeometry into the output it allocates and a Launch: the kernel, its grid and
-every argument by name, the tile left to the autotuner. A convolution that runs as its space-to-depth form
-(geometry.runs_as) is planned from its own x and weight: the forward and wgrad read x in place (no copy of
-it), the plans copy the weight to the form's (small), and dgrad's output and wgrad's partial sums are the
-form's, which the launchers turn into x's and the weight's. The launchers start plans through
+every argument by name, the tile left to the autotuner. The launchers start plans through
 kernels.tensors.launch (on the tensors' device and stream); perf.launches builds the same plans on
 meta-device tensors, so what perf.aot compiles is what runs.
 
@@ -100,9 +97,7 @@ def _mask_constants(shape, strides, bias: bool):
 
 
 def fwd_plan(x, weight, bias, geometry: ConvGeometry):
-    """(y, Launch) of the forward of `geometry`."""
-    if geometry.runs_as:
-        weight = space_to_depth.to_weight(weight, geometry)
+    """(y, Launch) of the forward of `geometry` (a stride-1 form already applied to x and weight)."""
     # (r, s, c) contiguous for the reduction, in x's dtype: fp32 master weights are cast in the same copy
     w = weight.to(x.dtype, memory_format=torch.channels_last)
     y = torch.empty(geometry.y_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
@@ -118,20 +113,18 @@ def _fwd_constants(g: ConvGeometry, sx, sw, sy, sb, input_precision: str):
     grid = lambda meta: (cdiv(rows, meta["BLOCK_M"]) * cdiv(kg, meta["BLOCK_N"]), g.groups)
     return grid, dict(ROWS=rows, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
                       sw_k=sw[0], sw_c=sw[1], sw_r=sw[2], sw_s=sw[3], sy_n=sy[0], sy_c=sy[1], sy_h=sy[2], sy_w=sy[3],
-                      sb_k=sb or 0, **g.x_constants(), HAS_BIAS=sb is not None, PRECISION=input_precision,
+                      sb_k=sb or 0, **g.constants(), HAS_BIAS=sb is not None, PRECISION=input_precision,
                       INDEX_64=layouts_need_int64((g.x_shape, sx), (g.y_shape, sy)))
 
 
 def dgrad_plan(g_masked, weight, geometry: ConvGeometry):
-    """(dx, Launch): the input gradient of `geometry` from the masked output gradient (of its space-to-depth
-    form's input where it runs as one: space_to_depth.from_input_grad gives x's)."""
-    if geometry.runs_as:
-        weight = space_to_depth.to_weight(weight, geometry)
-    form = geometry.kernel_form
+    """(dx, Launch): the input gradient of `geometry` from the masked output gradient."""
     # k contiguous for the reduction, in the gradient's dtype (fp32 master weights cast in the same copy)
     w = weight.permute(1, 2, 3, 0).to(g_masked.dtype, memory_format=torch.contiguous_format).permute(3, 0, 1, 2)
-    dx = torch.empty(form.x_shape, device=g_masked.device, dtype=g_masked.dtype, memory_format=torch.channels_last)
-    grid, constants = _dgrad_constants(form, g_masked.stride(), w.stride(), dx.stride(), precision(g_masked.dtype))
+    dx = torch.empty(geometry.x_shape, device=g_masked.device, dtype=g_masked.dtype,
+                     memory_format=torch.channels_last)
+    grid, constants = _dgrad_constants(geometry, g_masked.stride(), w.stride(), dx.stride(),
+                                       precision(g_masked.dtype))
     return dx, Launch(dgrad_kernel, grid, dict(constants, g_ptr=g_masked, w_ptr=w, dx_ptr=dx))
 
 
@@ -147,28 +140,25 @@ def _dgrad_constants(g: ConvGeometry, sg, sw, sx, input_precision: str):
 
 
 def wgrad_plan(g_masked, x, geometry: ConvGeometry, sms: int | None = None):
-    """(partials, Launch): dW of `geometry` as [splits, K, C/groups, R, S] fp32 partial sums (of its space-to-depth
-    form's weight where it runs as one: space_to_depth.from_weight_grad gives the weight's), the reduction over
+    """(partials, Launch): dW of `geometry` as [splits, K, C/groups, R, S] fp32 partial sums, the reduction over
     pixels split for `sms` SMs (default: x's GPU's) so that the output tiles and splits fill one wave."""
     splits, grid, constants = _wgrad_constants(geometry, x.dtype, x.stride(), g_masked.stride(),
                                                sms if sms is not None else _sms(x.device), precision(x.dtype))
-    partials = torch.empty(splits, *geometry.kernel_form.w_shape, device=x.device, dtype=torch.float32)
+    partials = torch.empty(splits, *geometry.w_shape, device=x.device, dtype=torch.float32)
     return partials, Launch(wgrad_kernel, grid, dict(constants, x_ptr=x, g_ptr=g_masked, dw_ptr=partials))
 
 
 @functools.lru_cache(maxsize=512)
 def _wgrad_constants(g: ConvGeometry, dtype, sx, sg, sms: int, input_precision: str):
-    form = g.kernel_form
-    kg, window, rows = form.K // form.groups, (form.C // form.groups) * form.R * form.S, form.N * form.P * form.Q
+    kg, window, rows = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
     bm, bn, bk, _, _ = usable_tiles("wgrad", dtype, kg, window)[0]
     tiles = lambda bm, bn: cdiv(kg, bm) * cdiv(window, bn)
-    splits = wgrad_splits(tiles(bm, bn) * form.groups, cdiv(rows, bk), sms)
-    sp = contiguous_strides((splits, *form.w_shape))
-    grid = lambda meta: (tiles(meta["BLOCK_M"], meta["BLOCK_N"]), form.groups, splits)
+    splits = wgrad_splits(tiles(bm, bn) * g.groups, cdiv(rows, bk), sms)
+    sp = contiguous_strides((splits, *g.w_shape))
+    grid = lambda meta: (tiles(meta["BLOCK_M"], meta["BLOCK_N"]), g.groups, splits)
     return splits, grid, dict(ROWS=rows, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3],
-                      sw_split=sp[0], sw_k=sp[1], sw_c=sp[2], sw_r=sp[3], sw_s=sp[4], **g.x_constants(),
-                      GROUPS=form.groups, PRECISION=input_precision,
-                      INDEX_64=layouts_need_int64((g.x_shape, sx), (g.y_shape, sg)))
+                      sw_split=sp[0], sw_k=sp[1], sw_c=sp[2], sw_r=sp[3], sw_s=sp[4], **g.constants(), GROUPS=g.groups,
+                      PRECISION=input_precision, INDEX_64=layouts_need_int64((g.x_shape, sx), (g.y_shape, sg)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,7 +186,9 @@ def _check(x, weight, bias):
 
 
 def _forward(x, weight, bias, geometry: ConvGeometry):
-    y, plan = fwd_plan(x, weight, bias, geometry)
+    if geometry.runs_as:
+        x, weight = space_to_depth.to_input(x, geometry), space_to_depth.to_weight(weight, geometry)
+    y, plan = fwd_plan(x, weight, bias, geometry.kernel_form)
     if y.numel():
         plan.start(x.device)
     return y
@@ -214,7 +206,9 @@ def _relu_mask(dy, y, bias: bool):
 
 
 def _dgrad(g_masked, weight, geometry: ConvGeometry):
-    dx, plan = dgrad_plan(g_masked, weight, geometry)
+    if geometry.runs_as:
+        weight = space_to_depth.to_weight(weight, geometry)
+    dx, plan = dgrad_plan(g_masked, weight, geometry.kernel_form)
     if dx.numel():
         plan.start(g_masked.device)
     return space_to_depth.from_input_grad(dx, geometry) if geometry.runs_as else dx
@@ -222,7 +216,9 @@ def _dgrad(g_masked, weight, geometry: ConvGeometry):
 
 def _wgrad(g_masked, x, geometry: ConvGeometry):
     """dW in fp32: the splits' partial sums added in split order (no atomics: the same dW every run)."""
-    partials, plan = wgrad_plan(g_masked, x, geometry)
+    if geometry.runs_as:
+        x = space_to_depth.to_input(x, geometry)
+    partials, plan = wgrad_plan(g_masked, x, geometry.kernel_form)
     if not g_masked.numel():
         return torch.zeros(geometry.w_shape, device=x.device, dtype=torch.float32)
     plan.start(x.device)

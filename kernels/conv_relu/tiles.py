@@ -28,9 +28,9 @@ MIN_SPLIT_STEPS = 8  # wgrad's reduction is split across programs, each keeping 
 # (at the run's first step) for every batch size, so a ragged last batch or evaluation never re-tunes.
 GEOMETRY = ["H", "W", "P", "Q", "CG", "KG", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W"]
 KEYS = {
-    "fwd": [*GEOMETRY, "S2D_H", "S2D_W", "HAS_BIAS", "PRECISION", "INDEX_64"],
+    "fwd": [*GEOMETRY, "HAS_BIAS", "PRECISION", "INDEX_64"],
     "dgrad": [*GEOMETRY, "PRECISION", "INDEX_64"],
-    "wgrad": [*GEOMETRY, "S2D_H", "S2D_W", "GROUPS", "PRECISION", "INDEX_64"],
+    "wgrad": [*GEOMETRY, "GROUPS", "PRECISION", "INDEX_64"],
 }
 
 
