@@ -9,8 +9,11 @@ every phase) and at full size under -m slow. The model never needs it: conv1's i
 import contextlib
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import kernels
+from kernels import tensors as kernel_tensors
 from alexnet.layers import CONVS as ALEXNET_CONVS
 from kernels import conv_relu
 from kernels.conv_relu import geometry as conv_geometry
@@ -204,6 +207,45 @@ def test_space_to_depth_in_every_layout_and_dtype(name, layout, precision):
     assert conv_geometry.conv_geometry(x.shape, w.shape, stride, padding, groups).runs_as, f"[{name}] not s2d"
     x = channels_last(x) if layout == "channels_last" else x
     check(f"{name} {layout}.{precision[0]}", x, w, b, stride, padding, groups, precision)
+
+
+class ReadsOf(TorchDispatchMode):
+    """The aten ops that read a tensor's memory (it or a view of it) into other memory: copies, casts, pads."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.storage, self.ops = t.untyped_storage().data_ptr(), []
+
+    def _on_it(self, tree):
+        return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == self.storage
+                   for t in tree_leaves(tree))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self._on_it((args, kwargs)) and not self._on_it(out):
+            self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "NCHW"])
+def test_conv1_copies_its_input_once_a_step(layout):
+    """conv1's space-to-depth copy of x is made by the forward and kept for wgrad: one op reads x into other
+    memory over the forward and the backward, not one each. The kernels are stubbed
+    (kernels.tensors.shapes_only): only the host side runs. The images need no input gradient."""
+    x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    x, w, b = make((2, *x_shape), w_shape, True, torch.float32)
+    x = x.to(torch.bfloat16)  # the loader's batch: the run's dtype, channels_last
+    x = channels_last(x) if layout == "channels_last" else x
+    w, b = w.requires_grad_(), b.requires_grad_()  # fp32 master weights, as in a bf16 step
+    kernel_tensors._launching.shapes_only = True
+    try:
+        with ReadsOf(x) as reads:
+            y = conv2d_relu(x, w, b, stride, padding, groups)
+            y.backward(torch.ones_like(y))
+    finally:
+        kernel_tensors._launching.shapes_only = False
+    assert w.grad is not None and b.grad is not None, "[conv1] no weight gradient"
+    assert len(reads.ops) <= 1, f"[conv1 {layout}] x read into other memory by {reads.ops}"
 
 
 def test_outputs_are_channels_last():
