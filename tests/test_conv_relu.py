@@ -13,7 +13,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import kernels
-from kernels import tensors as kernel_tensors
 from alexnet.layers import CONVS as ALEXNET_CONVS
 from kernels import conv_relu
 from kernels.conv_relu import geometry as conv_geometry
@@ -228,24 +227,25 @@ class ReadsOf(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "NCHW"])
-def test_conv1_copies_its_input_once_a_step(layout):
-    """conv1's space-to-depth copy of x is made by the forward and kept for wgrad: one op reads x into other
-    memory over the forward and the backward, not one each. The kernels are stubbed
-    (kernels.tensors.shapes_only): only the host side runs. The images need no input gradient."""
+def test_conv1_copies_its_input_once_a_step_in_one_kernel(layout, monkeypatch):
+    """conv1's space-to-depth copy of x is one kernel, started by the forward, whose output wgrad reuses: over
+    the forward and the backward one launch of it, and no torch op reads x into other memory (F.pad and a
+    permuted copy did, in the forward and again in wgrad). No kernel runs here (each launch is recorded
+    instead): only the host side. The images need no input gradient."""
     x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
     x, w, b = make((2, *x_shape), w_shape, True, torch.float32)
     x = x.to(torch.bfloat16)  # the loader's batch: the run's dtype, channels_last
     x = channels_last(x) if layout == "channels_last" else x
     w, b = w.requires_grad_(), b.requires_grad_()  # fp32 master weights, as in a bf16 step
-    kernel_tensors._launching.shapes_only = True
-    try:
-        with ReadsOf(x) as reads:
-            y = conv2d_relu(x, w, b, stride, padding, groups)
-            y.backward(torch.ones_like(y))
-    finally:
-        kernel_tensors._launching.shapes_only = False
+    started = []
+    monkeypatch.setattr(conv_launch.Launch, "start", lambda launch, device: started.append(launch.kernel))
+    with ReadsOf(x) as reads:
+        y = conv2d_relu(x, w, b, stride, padding, groups)
+        y.backward(torch.ones_like(y))
     assert w.grad is not None and b.grad is not None, "[conv1] no weight gradient"
-    assert len(reads.ops) <= 1, f"[conv1 {layout}] x read into other memory by {reads.ops}"
+    assert not reads.ops, f"[conv1 {layout}] x read into other memory by {reads.ops}"
+    kernel_names = [getattr(kernel, "fn", kernel).__name__ for kernel in started]
+    assert kernel_names == ["space_to_depth_kernel", "fwd_kernel", "relu_mask_kernel", "wgrad_kernel"], kernel_names
 
 
 def test_outputs_are_channels_last():

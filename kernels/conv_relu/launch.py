@@ -21,12 +21,13 @@ from torch.autograd.function import once_differentiable
 
 from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
-from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, wgrad_kernel
+from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, space_to_depth_kernel, wgrad_kernel
 from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
 from kernels.tensors import FLOAT_DTYPES, cdiv, check_device, check_image_offsets, launch, layouts_need_int64, \
     next_power_of_2, shapes_only
 
 MASK_TILE = 4096  # elements per program of the ReLU-mask kernel
+S2D_TILE = 2048  # elements of x2 per program of the space-to-depth copy (its channels padded to a power of 2)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,26 @@ def _mask_constants(shape, strides, bias: bool):
     grid = (cdiv(N * P * Q, block_r), cdiv(K, block_c))
     return grid, dict(ROWS=N * P * Q, K=K, HAS_BIAS=bias, INDEX_64=layouts_need_int64((shape, strides)),
                       BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+
+
+def space_to_depth_plan(x, geometry: ConvGeometry):
+    """(x2, Launch): the input of `geometry`'s space-to-depth form (space_to_depth.py), channels_last, written in
+    one pass over x (its padding zeroed, what no window reaches left out)."""
+    x2 = torch.empty(geometry.runs_as.x_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    grid, constants = _space_to_depth_constants(geometry, x.stride())
+    return x2, Launch(space_to_depth_kernel, grid, dict(constants, x_ptr=x, x2_ptr=x2))
+
+
+@functools.lru_cache(maxsize=512)
+def _space_to_depth_constants(g: ConvGeometry, sx):
+    form = g.runs_as
+    pixels, block_c = form.N * form.H * form.W, next_power_of_2(form.C)
+    block_p = max(1, S2D_TILE // block_c)
+    return (cdiv(pixels, block_p),), dict(
+        PIXELS=pixels, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3], C=g.C, H=g.H, W=g.W, ROWS=form.H, COLS=form.W,
+        S2D_H=g.stride[0], S2D_W=g.stride[1], PAD_H=g.padding[0], PAD_W=g.padding[1],
+        INDEX_64=layouts_need_int64((g.x_shape, sx), (form.x_shape, contiguous_strides(form.x_shape))),
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
 
 
 def fwd_plan(x, weight, bias, geometry: ConvGeometry):
@@ -188,7 +209,12 @@ def _check(x, weight, bias):
 def kernel_input(x, geometry: ConvGeometry):
     """The x the forward and wgrad kernels read: x itself, or its space-to-depth copy where the convolution runs
     as that form (made once by the autograd Function's forward and kept for wgrad)."""
-    return space_to_depth.to_input(x, geometry) if geometry.runs_as else x
+    if not geometry.runs_as:
+        return x
+    x2, plan = space_to_depth_plan(x, geometry)
+    if x2.numel():
+        plan.start(x.device)
+    return x2
 
 
 def _forward(x_in, weight, bias, geometry: ConvGeometry):
