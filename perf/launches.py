@@ -78,12 +78,12 @@ def pool_launches():
 
 
 def conv_launches(batch: int = BATCH, sms: int = SMS):
-    """The conv kernels at AlexNet's convolutions, one per usable tile. conv1's input is NCHW (the images) and
-    runs in its space-to-depth form; the others are channels_last (conv1's output layout, which LRN and
-    max-pool keep). The training step runs bf16 or tf32, and never conv1's dgrad (the images need none).
-    MACs and bytes are the convolution's own (bench.costs), not its space-to-depth form's."""
+    """The conv kernels at AlexNet's convolutions, one per usable tile, on channels_last inputs: the loader's
+    images for conv1, conv1's output layout (which LRN and max-pool keep) for the rest. conv1 runs in its
+    space-to-depth form, copied from x by one kernel (also built for an NCHW x, a caller's, not the step's).
+    The training step runs bf16 or tf32, and never conv1's dgrad (the images need none). MACs and bytes are
+    the convolution's own (bench.costs), not its space-to-depth form's."""
     for name, (x_shape, w_shape, stride, padding, groups) in CONVS.items():
-        layout = torch.contiguous_format if name == "conv1" else torch.channels_last
         geometry = conv_geometry((batch, *x_shape), w_shape, stride, padding, groups)
         form = geometry.kernel_form
         for dtype in FLOAT_DTYPES:
@@ -91,11 +91,16 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
             dt = dtype_name(dtype, tf32=tf32)
             label = f"{name} {str(dtype).removeprefix('torch.')}{' tf32' if tf32 else ''}"
             in_the_step = dt in ("bf16", "tf32")
-            x = torch.empty(geometry.x_shape, dtype=dtype, device="meta", memory_format=layout)
+            x = torch.empty(geometry.x_shape, dtype=dtype, device="meta", memory_format=torch.channels_last)
             w = torch.empty(geometry.w_shape, dtype=dtype, device="meta")
             b = torch.empty(geometry.K, dtype=dtype, device="meta")
-            if geometry.runs_as:  # the launchers' own copies to the space-to-depth form (its layout included)
-                x, w = space_to_depth.to_input(x, geometry), space_to_depth.to_weight(w, geometry)
+            if geometry.runs_as:  # the launchers' own copies to the space-to-depth form
+                for x_in, layout, step in ((x, "", in_the_step), (x.contiguous(), " NCHW", False)):
+                    x2, copy = conv_launch.space_to_depth_plan(x_in, geometry)
+                    yield f"{label}{layout} space_to_depth", copy.kernel, copy.args, launch_work(
+                        name, "space_to_depth", dt, prod(copy.grid), 1, 0, (x.numel() + x2.numel()) * ELEMENT_BYTES[dt],
+                        step)
+                x, w = x2, space_to_depth.to_weight(w, geometry)
 
             def work(op, launch_grid, iterations, step=in_the_step):
                 return conv_work(name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(launch_grid),

@@ -9,6 +9,8 @@ every phase) and at full size under -m slow. The model never needs it: conv1's i
 import contextlib
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import kernels
 from alexnet.layers import CONVS as ALEXNET_CONVS
@@ -51,8 +53,9 @@ ODD = {
     "7x7 = image": ((1, 8, 7, 7), (16, 8, 7, 7), 1, 3, 1, True),
     "2x3/4 stride > window": ((3, 5, 8, 9), (10, 5, 2, 3), 4, (0, 1), 1, True),
     "many pixels (wgrad splits)": ((3, 4, 24, 24), (8, 2, 3, 3), 1, 1, 2, True),
-    # space-to-depth (few channels, strided, one group): 18 channels of 3x2 taps; the second crops rows
-    # of x that no window reaches (13 + 1 > 2 * 6) and pads columns
+    # space-to-depth (few channels, strided, one group): the form's rows and columns span
+    # [-pad, size*stride - pad) of x's. The first (18 channels of 3x2 taps) pads x on every side, the second
+    # (32 channels, 1x1 taps) crops the rows and columns of x that no window reaches (18 > 4*4, 17 > 4*4)
     "s2d 5x4/(2,3) pad (1,2)": ((2, 3, 13, 14), (5, 3, 5, 4), (2, 3), (1, 2), 1, True),
     "s2d 4x4/4 cropped": ((1, 2, 18, 17), (7, 2, 4, 4), 4, 0, 1, False),
 }
@@ -183,6 +186,68 @@ def test_layouts(x_layout, w_layout, dy_layout):
           dy_layout=LAYOUTS[dy_layout] if dy_layout else None)
 
 
+# The space-to-depth cases at batch 1, and two where rows and columns differ: x's rows padded (at 1 and
+# 11 of 10) and its columns padded on the left and cropped on the right (-1 and 11 of 13); then rows cropped
+# (10 of 11) and columns padded (-2 and 10 of 9).
+S2D = {
+    **{name: ((1, *case[0][1:]), *case[1:]) for name, case in ODD.items() if name.startswith("s2d")},
+    "s2d 3x4/(2,4) pad 1: rows padded, columns cropped": ((1, 3, 10, 13), (5, 3, 3, 4), (2, 4), 1, 1, True),
+    "s2d 4x3/(2,3) pad (0,2): rows cropped, columns padded": ((1, 2, 11, 9), (4, 2, 4, 3), (2, 3), (0, 2), 1, True),
+}
+
+
+@pytest.mark.parametrize("precision", [EXACT, *PRECISIONS[2:]], ids=lambda p: p[0])
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last"])
+@pytest.mark.parametrize("name", list(S2D))
+def test_space_to_depth_in_every_layout_and_dtype(name, layout, precision):
+    """A strided convolution over few channels, run as its space-to-depth form, from x in either layout."""
+    x_shape, w_shape, stride, padding, groups, bias = S2D[name]
+    x, w, b = make(x_shape, w_shape, bias, precision[1])
+    assert conv_geometry.conv_geometry(x.shape, w.shape, stride, padding, groups).runs_as, f"[{name}] not s2d"
+    x = channels_last(x) if layout == "channels_last" else x
+    check(f"{name} {layout}.{precision[0]}", x, w, b, stride, padding, groups, precision)
+
+
+class ReadsOf(TorchDispatchMode):
+    """The aten ops that read a tensor's memory (it or a view of it) into other memory: copies, casts, pads."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.storage, self.ops = t.untyped_storage().data_ptr(), []
+
+    def _on_it(self, tree):
+        return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == self.storage
+                   for t in tree_leaves(tree))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self._on_it((args, kwargs)) and not self._on_it(out):
+            self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "NCHW"])
+def test_conv1_copies_its_input_once_a_step_in_one_kernel(layout, monkeypatch):
+    """conv1's space-to-depth copy of x is one kernel, started by the forward, whose output wgrad reuses: over
+    the forward and the backward one launch of it, and no torch op reads x into other memory (F.pad and a
+    permuted copy did, in the forward and again in wgrad). No kernel runs here (each launch is recorded
+    instead): only the host side. The images need no input gradient."""
+    x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    x, w, b = make((2, *x_shape), w_shape, True, torch.float32)
+    x = x.to(torch.bfloat16)  # the loader's batch: the run's dtype, channels_last
+    x = channels_last(x) if layout == "channels_last" else x
+    w, b = w.requires_grad_(), b.requires_grad_()  # fp32 master weights, as in a bf16 step
+    started = []
+    monkeypatch.setattr(conv_launch.Launch, "start", lambda launch, device: started.append(launch.kernel))
+    with ReadsOf(x) as reads:
+        y = conv2d_relu(x, w, b, stride, padding, groups)
+        y.backward(torch.ones_like(y))
+    assert w.grad is not None and b.grad is not None, "[conv1] no weight gradient"
+    assert not reads.ops, f"[conv1 {layout}] x read into other memory by {reads.ops}"
+    kernel_names = [getattr(kernel, "fn", kernel).__name__ for kernel in started]
+    assert kernel_names == ["space_to_depth_kernel", "fwd_kernel", "relu_mask_kernel", "wgrad_kernel"], kernel_names
+
+
 def test_outputs_are_channels_last():
     x, w, b = make(*ODD["3x3"][:2], True, torch.float32)
     y = conv_relu.conv2d_relu_fwd(x, w, b, 1, 1)
@@ -269,12 +334,13 @@ def test_strided_conv1_without_space_to_depth(monkeypatch):
         conv_geometry._geometry.cache_clear()
 
 
-def test_64_bit_indexing_path(monkeypatch):
+@pytest.mark.parametrize("name", ["5x4/(2,3) g3 pad3", "s2d 5x4/(2,3) pad (1,2)"])
+def test_64_bit_indexing_path(monkeypatch, name):
     """The int64 offsets taken when a tensor spans 2^31 elements (too big to test here) give the same answer."""
     monkeypatch.setattr(conv_launch, "layouts_need_int64", lambda *layouts: True)
     with fresh_plans():
-        x_shape, w_shape, stride, padding, groups, bias = ODD["5x4/(2,3) g3 pad3"]
-        check("INDEX_64", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
+        x_shape, w_shape, stride, padding, groups, bias = ODD[name]
+        check(f"{name} INDEX_64", *make(x_shape, w_shape, bias, torch.float32), stride, padding, groups)
 
 
 def test_nan_propagates_like_relu_of_conv2d():

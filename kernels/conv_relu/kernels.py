@@ -1,4 +1,5 @@
-"""The Triton kernels of conv2d + ReLU: forward, the ReLU mask (and bias-gradient partials), dgrad, wgrad.
+"""The Triton kernels of conv2d + ReLU: the space-to-depth copy (conv1's input), forward, the ReLU mask (and
+bias-gradient partials), dgrad, wgrad.
 
 The math and the layouts are in kernels/conv_relu/__init__.py; kernels/conv_relu/launch.py plans and starts
 them, passing every argument by name. Each GEMM is the Triton matmul tutorial with im2col addressing.
@@ -60,6 +61,32 @@ def _dot(a, b, acc, PRECISION: tl.constexpr):
 
 # ----------------------------------------------------------------------------------------------------------
 # Kernels
+
+
+@triton.jit
+def space_to_depth_kernel(
+    x_ptr,  # [N, C, H, W] any strides
+    x2_ptr,  # [N, S2D_H*S2D_W*C, ROWS, COLS] out, channels_last: contiguous [N*ROWS*COLS, S2D_H*S2D_W*C]
+    PIXELS,  # N*ROWS*COLS, x2's pixels
+    sx_n, sx_c, sx_h, sx_w,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    S2D_H: tl.constexpr, S2D_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """x2[n, (i*S2D_W + j)*C + c, h, v] = x[n, c, h*S2D_H + i - PAD_H, v*S2D_W + j - PAD_W], 0 outside x: the
+    space-to-depth form's input (space_to_depth.py) in one pass, a tile of [pixels, all their channels]."""
+    C2: tl.constexpr = S2D_H * S2D_W * C
+    pixel = _program_id(0, INDEX_64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, h, v = _split_pixels(pixel, ROWS, COLS)
+    top, left = h * S2D_H - PAD_H, v * S2D_W - PAD_W  # the x row and column of (i, j) = (0, 0)
+    c2 = tl.arange(0, BLOCK_C)
+    i, jc = c2 // (S2D_W * C), c2 % (S2D_W * C)
+    j, c = jc // C, jc % C
+    row, col = top[:, None] + i[None, :], left[:, None] + j[None, :]
+    ok = (pixel < PIXELS)[:, None] & (c2 < C2)[None, :]
+    x_off = (n * sx_n + top * sx_h + left * sx_w)[:, None] + (i * sx_h + j * sx_w + c * sx_c)[None, :]
+    value = tl.load(x_ptr + x_off, mask=ok & _inside(row, col, H, W), other=0.0)
+    tl.store(x2_ptr + (pixel * C2)[:, None] + c2[None, :], value, mask=ok)
 
 
 @triton.jit

@@ -21,12 +21,13 @@ from torch.autograd.function import once_differentiable
 
 from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
-from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, wgrad_kernel
+from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, space_to_depth_kernel, wgrad_kernel
 from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
 from kernels.tensors import FLOAT_DTYPES, cdiv, check_device, check_image_offsets, launch, layouts_need_int64, \
     next_power_of_2, shapes_only
 
 MASK_TILE = 4096  # elements per program of the ReLU-mask kernel
+S2D_TILE = 2048  # elements of x2 per program of the space-to-depth copy (its channels padded to a power of 2)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,26 @@ def _mask_constants(shape, strides, bias: bool):
     grid = (cdiv(N * P * Q, block_r), cdiv(K, block_c))
     return grid, dict(ROWS=N * P * Q, K=K, HAS_BIAS=bias, INDEX_64=layouts_need_int64((shape, strides)),
                       BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+
+
+def space_to_depth_plan(x, geometry: ConvGeometry):
+    """(x2, Launch): the input of `geometry`'s space-to-depth form (space_to_depth.py), channels_last, written in
+    one pass over x (its padding zeroed, what no window reaches left out)."""
+    x2 = torch.empty(geometry.runs_as.x_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    grid, constants = _space_to_depth_constants(geometry, x.stride())
+    return x2, Launch(space_to_depth_kernel, grid, dict(constants, x_ptr=x, x2_ptr=x2))
+
+
+@functools.lru_cache(maxsize=512)
+def _space_to_depth_constants(g: ConvGeometry, sx):
+    form = g.runs_as
+    pixels, block_c = form.N * form.H * form.W, next_power_of_2(form.C)
+    block_p = max(1, S2D_TILE // block_c)
+    return (cdiv(pixels, block_p),), dict(
+        PIXELS=pixels, sx_n=sx[0], sx_c=sx[1], sx_h=sx[2], sx_w=sx[3], C=g.C, H=g.H, W=g.W, ROWS=form.H, COLS=form.W,
+        S2D_H=g.stride[0], S2D_W=g.stride[1], PAD_H=g.padding[0], PAD_W=g.padding[1],
+        INDEX_64=layouts_need_int64((g.x_shape, sx), (form.x_shape, contiguous_strides(form.x_shape))),
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
 
 
 def fwd_plan(x, weight, bias, geometry: ConvGeometry):
@@ -185,12 +206,24 @@ def _check(x, weight, bias):
     check_device("conv2d_relu", "x", x)
 
 
-def _forward(x, weight, bias, geometry: ConvGeometry):
-    if geometry.runs_as:
-        x, weight = space_to_depth.to_input(x, geometry), space_to_depth.to_weight(weight, geometry)
-    y, plan = fwd_plan(x, weight, bias, geometry.kernel_form)
-    if y.numel():
+def kernel_input(x, geometry: ConvGeometry):
+    """The x the forward and wgrad kernels read: x itself, or its space-to-depth copy where the convolution runs
+    as that form (made once by the autograd Function's forward and kept for wgrad)."""
+    if not geometry.runs_as:
+        return x
+    x2, plan = space_to_depth_plan(x, geometry)
+    if x2.numel():
         plan.start(x.device)
+    return x2
+
+
+def _forward(x_in, weight, bias, geometry: ConvGeometry):
+    """y from x_in = kernel_input(x, geometry)."""
+    if geometry.runs_as:
+        weight = space_to_depth.to_weight(weight, geometry)
+    y, plan = fwd_plan(x_in, weight, bias, geometry.kernel_form)
+    if y.numel():
+        plan.start(x_in.device)
     return y
 
 
@@ -214,14 +247,13 @@ def _dgrad(g_masked, weight, geometry: ConvGeometry):
     return space_to_depth.from_input_grad(dx, geometry) if geometry.runs_as else dx
 
 
-def _wgrad(g_masked, x, geometry: ConvGeometry):
-    """dW in fp32: the splits' partial sums added in split order (no atomics: the same dW every run)."""
-    if geometry.runs_as:
-        x = space_to_depth.to_input(x, geometry)
-    partials, plan = wgrad_plan(g_masked, x, geometry.kernel_form)
+def _wgrad(g_masked, x_in, geometry: ConvGeometry):
+    """dW in fp32 from x_in = kernel_input(x, geometry): the splits' partial sums added in split order (no
+    atomics: the same dW every run)."""
+    partials, plan = wgrad_plan(g_masked, x_in, geometry.kernel_form)
     if not g_masked.numel():
-        return torch.zeros(geometry.w_shape, device=x.device, dtype=torch.float32)
-    plan.start(x.device)
+        return torch.zeros(geometry.w_shape, device=x_in.device, dtype=torch.float32)
+    plan.start(x_in.device)
     dw = partials.sum(0) if len(partials) > 1 else partials[0]
     return space_to_depth.from_weight_grad(dw, geometry) if geometry.runs_as else dw
 
@@ -229,7 +261,8 @@ def _wgrad(g_masked, x, geometry: ConvGeometry):
 def conv2d_relu_fwd(x, weight, bias=None, stride=1, padding=0, groups=1):
     """relu(conv2d(x, weight, bias, stride, padding, groups=groups)), returned channels_last."""
     _check(x, weight, bias)
-    return _forward(x, weight, bias, conv_geometry(x.shape, weight.shape, stride, padding, groups))
+    geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
+    return _forward(kernel_input(x, geometry), weight, bias, geometry)
 
 
 def conv2d_relu_dgrad(dy, y, weight, x_shape, stride=1, padding=0, groups=1):
@@ -243,38 +276,42 @@ def conv2d_relu_wgrad(dy, y, x, weight_shape, stride=1, padding=0, groups=1, bia
     and, if `bias`, the bias (else None), in x's dtype; accumulated in fp32."""
     geometry = conv_geometry(x.shape, weight_shape, stride, padding, groups)
     g, db = _relu_mask(dy, y, bias)
-    return _wgrad(g, x, geometry).to(x.dtype), db.to(x.dtype) if bias else None
+    return _wgrad(g, kernel_input(x, geometry), geometry).to(x.dtype), db.to(x.dtype) if bias else None
 
 
-def _backward(dy, y, x, weight, geometry: ConvGeometry, needs=(True, True, True)):
+def _backward(dy, y, x_in, weight, geometry: ConvGeometry, needs=(True, True, True)):
+    """(dx, dweight, dbias), x_in = kernel_input(x, geometry) (read only when `needs` the weight's)."""
     g, db = _relu_mask(dy, y, bias=needs[2])
     dx = _dgrad(g, weight, geometry) if needs[0] else None
-    dw = _wgrad(g, x, geometry).to(weight.dtype) if needs[1] else None  # fp32 master weights: no cast
+    dw = _wgrad(g, x_in, geometry).to(weight.dtype) if needs[1] else None  # fp32 master weights: no cast
     return dx, dw, db.to(weight.dtype) if needs[2] else None
 
 
 def conv2d_relu_bwd(dy, y, x, weight, stride=1, padding=0, groups=1, needs=(True, True, True)):
     """(dx, dweight, dbias) of conv2d_relu; `needs` says which of the three to compute (None otherwise)."""
-    return _backward(dy, y, x, weight, conv_geometry(x.shape, weight.shape, stride, padding, groups), needs)
+    geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
+    return _backward(dy, y, kernel_input(x, geometry) if needs[1] else None, weight, geometry, needs)
 
 
 class ConvReLU(torch.autograd.Function):
-    """relu(conv2d(x, w) + b) with Triton forward, dgrad and wgrad; saves x, w and the output y, and the
-    geometry computed once in the forward."""
+    """relu(conv2d(x, w) + b) with Triton forward, dgrad and wgrad; saves the x the kernels read (conv1's
+    space-to-depth copy, so the backward does not make it again), w and the output y, and the geometry
+    computed once in the forward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, groups):
         _check(x, weight, bias)
         ctx.geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
-        y = _forward(x, weight, bias, ctx.geometry)
-        ctx.save_for_backward(x, weight, y)
+        x_in = kernel_input(x, ctx.geometry)
+        y = _forward(x_in, weight, bias, ctx.geometry)
+        ctx.save_for_backward(x_in, weight, y)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight, y = ctx.saved_tensors
-        dx, dw, db = _backward(dy, y, x, weight, ctx.geometry, needs=ctx.needs_input_grad[:3])
+        x_in, weight, y = ctx.saved_tensors
+        dx, dw, db = _backward(dy, y, x_in, weight, ctx.geometry, needs=ctx.needs_input_grad[:3])
         return dx, dw, db, None, None, None
 
 

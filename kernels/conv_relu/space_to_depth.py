@@ -7,8 +7,9 @@ AlexNet's conv1 (3 channels, 11x11, stride 4) would reduce over runs of 3 contig
     w2[k, (i*sw + j)*C + c, t, u] = w[k, c, t*sh + i, u*sw + j]             (0 past the window)
 
 make conv(x, w, stride, padding) = conv(x2, w2, 1, 0): 48 channels of 57x57 and 3x3 taps for conv1 (the
-weight zero-padded to 12x12). The forward, dgrad and wgrad all run on that form; these are the copies to it
-and back (of the input, of the weight, and of their gradients). `g` is the convolution's ConvGeometry and
+weight zero-padded to 12x12). The forward, dgrad and wgrad all run on that form. x2 is one Triton kernel's
+(kernels.py space_to_depth_kernel: one pass over x); these are the other copies, to the form and back: of
+the weight, and of the gradients of x2 and of the weight. `g` is the convolution's ConvGeometry and
 `g.runs_as` its space-to-depth form.
 """
 
@@ -16,16 +17,8 @@ import torch
 import torch.nn.functional as F
 
 
-def to_input(x, g):
-    """x2, channels_last."""
-    (N, C, H, W), (sh, sw), (ph, pw), rows, cols = x.shape, g.stride, g.padding, g.runs_as.H, g.runs_as.W
-    x = F.pad(x, (pw, cols * sw - W - pw, ph, rows * sh - H - ph))  # a negative pad crops unread rows
-    x = x.reshape(N, C, rows, sh, cols, sw).permute(0, 2, 4, 3, 5, 1)  # [N, rows, cols, sh, sw, C]
-    return x.reshape(N, rows, cols, sh * sw * C).permute(0, 3, 1, 2)
-
-
 def from_input_grad(dx2, g):
-    """The gradient with respect to x, given the gradient dx2 of to_input's output; channels_last."""
+    """The gradient with respect to x, given the gradient dx2 with respect to x2; channels_last."""
     (N, C, H, W), (sh, sw), (ph, pw), (_, _, rows, cols) = g.x_shape, g.stride, g.padding, dx2.shape
     dx = dx2.reshape(N, sh, sw, C, rows, cols).permute(0, 3, 4, 1, 5, 2).reshape(N, C, rows * sh, cols * sw)
     dx = F.pad(dx, (-pw, W + pw - cols * sw, -ph, H + ph - rows * sh))
