@@ -92,8 +92,10 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
             label = f"{name} {str(dtype).removeprefix('torch.')}{' tf32' if tf32 else ''}"
             in_the_step = dt in ("bf16", "tf32")
             x = torch.empty(geometry.x_shape, dtype=dtype, device="meta", memory_format=torch.channels_last)
-            w = torch.empty(geometry.w_shape, dtype=dtype, device="meta")
-            b = torch.empty(geometry.K, dtype=dtype, device="meta")
+            # the trainer's fp32 master weight and bias, whatever the activations' dtype (the launchers cast the
+            # weight in their layout copies; the forward adds the bias in fp32)
+            w = torch.empty(geometry.w_shape, dtype=torch.float32, device="meta")
+            b = torch.empty(geometry.K, dtype=torch.float32, device="meta")
             if geometry.runs_as:  # the launchers' own copies to the space-to-depth form
                 for x_in, layout, step in ((x, "", in_the_step), (x.contiguous(), " NCHW", False)):
                     x2, copy = conv_launch.space_to_depth_plan(x_in, geometry)
