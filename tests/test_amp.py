@@ -61,3 +61,19 @@ def test_bf16_training_step_saves_a_loadable_checkpoint(tmp_path):
     state = checkpoint.load(tmp_path / "out" / "checkpoint.pth")  # weights_only=True
     assert state["step"] == 1 and state["args"]["amp"] == "bf16" and state["scaler"] == {}  # no scaler for bf16
     assert all(v.dtype == torch.float32 for v in state["model"].values()), "autocast must keep fp32 weights"
+
+
+def test_a_bf16_run_resumed_mid_epoch_equals_the_run_that_never_stopped(tiny_data, tmp_path):
+    """The 16-bit weight copies the forward reads (written by the optimizer's update) are rebuilt from the
+    checkpoint's fp32 weights on resume: the resumed bf16 run is the uninterrupted one bit for bit."""
+    from tests.test_train import assert_same_state
+
+    def run(out, *flags):
+        main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--output-dir", str(out), "-b", "4",
+                                           "--amp", "bf16", "--epochs", "1", "--data-loader", "pil", "-j", "1",
+                                           *flags]))
+
+    run(tmp_path / "straight")
+    run(tmp_path / "cut", "--max-steps", "2")
+    run(tmp_path / "cut", "--resume", str(tmp_path / "cut" / "checkpoint.pth"))
+    assert_same_state(tmp_path / "straight" / "checkpoint.pth", tmp_path / "cut" / "checkpoint.pth")
