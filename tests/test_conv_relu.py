@@ -477,3 +477,15 @@ def test_a_16_bit_weight_with_fp32_x_is_refused():
         conv2d_relu(x, w.to(torch.bfloat16), None)
     with pytest.raises(ValueError, match="bias must have shape \\(8,\\) and weight's dtype torch.float32"):
         conv2d_relu(x.to(torch.bfloat16), w, b.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dgrad_reads_the_weight_k_contiguous_whatever_its_dtype(dtype):
+    """dgrad's reduction runs over k: its plan copies the (fp32 master) weight k-contiguous in the gradient's
+    dtype, also when no cast is needed (a permuted fp32 weight handed back uncopied made sm_90's tf32 dgrad
+    issue-bound: R > 1 in perf.aot)."""
+    geometry = conv_geometry.conv_geometry((2, 8, 9, 9), (16, 8, 3, 3), 1, 1, 1)
+    g = torch.empty(2, 16, 9, 9, dtype=dtype, device="meta").contiguous(memory_format=torch.channels_last)
+    _, plan = conv_launch.dgrad_plan(g, torch.empty(16, 8, 3, 3, device="meta"), geometry)
+    w = plan.args["w_ptr"]
+    assert w.dtype == dtype and w.stride() == (1, 3 * 3 * 16, 3 * 16, 16), w.stride()

@@ -140,8 +140,10 @@ def _fwd_constants(g: ConvGeometry, sx, sw, sy, sb, input_precision: str):
 
 def dgrad_plan(g_masked, weight, geometry: ConvGeometry):
     """(dx, Launch): the input gradient of `geometry` from the masked output gradient."""
-    # k contiguous for the reduction, in the gradient's dtype (fp32 master weights cast in the same copy)
-    w = weight.permute(1, 2, 3, 0).to(g_masked.dtype, memory_format=torch.contiguous_format).permute(3, 0, 1, 2)
+    # k contiguous for the reduction, in the gradient's dtype: one copy, which also casts fp32 master weights
+    # (Tensor.to(memory_format=torch.contiguous_format) would hand a permuted fp32 weight back uncopied)
+    crsk = weight.permute(1, 2, 3, 0)
+    w = torch.empty(crsk.shape, device=weight.device, dtype=g_masked.dtype).copy_(crsk).permute(3, 0, 1, 2)
     dx = torch.empty(geometry.x_shape, device=g_masked.device, dtype=g_masked.dtype,
                      memory_format=torch.channels_last)
     grid, constants = _dgrad_constants(geometry, g_masked.stride(), w.stride(), dx.stride(),
