@@ -79,7 +79,7 @@ CONV_PASSES = ("fwd", "dgrad", "wgrad")
 LRN_POOL_LAYERS = ("lrn1", "pool1", "lrn2", "pool2", "pool5")
 LAYOUTS = ("channels_last", "nchw")  # LRN and max-pool: the model's layout first
 GPU_TESTS = ["tests/test_conv_relu.py", "tests/test_lrn.py", "tests/test_maxpool.py", "tests/test_amp.py",
-             "tests/test_compile_backend.py"]
+             "tests/test_compile_backend.py", "tests/test_optim.py"]
 DEFAULT_TIME_LIMIT = 540
 ERROR_TAIL = 6000  # characters of an error kept: a Triton compile error says what went wrong at its end
 
