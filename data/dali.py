@@ -21,6 +21,9 @@ the training thread. The samples, crops, flips and lighting of an epoch come fro
 """
 
 import io
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,26 @@ def _read(path: str, prepared: bool) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+READER_WATCH_S = 1.0  # how often a reader process checks that the process it reads for is still alive
+_watching = False  # in a reader process: whether its watchdog runs
+
+
+def _exit_with(parent: int) -> None:
+    """In a reader process: exit as soon as `parent` (the loader's process) has died. DALI's readers wait for
+    work forever, so a run killed outright (SIGKILL, the OOM killer) would otherwise leave them behind."""
+    global _watching
+    if _watching or os.getpid() == parent:
+        return
+    _watching = True
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(READER_WATCH_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _stacked(files: list[np.ndarray]) -> np.ndarray:
     """`files` as the rows of one (B, longest) uint8 array, each padded with zeros."""
     rows = np.zeros((len(files), max(map(len, files))), np.uint8)
@@ -84,8 +107,10 @@ class _PlanSource:
 
     def __init__(self, plan: EpochPlan, batch_size: int, start_batch: int, prepared: bool):
         self.plan, self.batch_size, self.start_batch, self.prepared = plan, batch_size, start_batch, prepared
+        self.parent = os.getpid()
 
     def __call__(self, iteration: int):
+        _exit_with(self.parent)
         lo = (self.start_batch + iteration) * self.batch_size
         if lo >= len(self.plan):
             raise StopIteration

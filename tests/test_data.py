@@ -1,6 +1,7 @@
 """The DALI pipelines give what the paper's transforms say, in a resumable, seeded order; the PIL loader
 gives the same; both validation layouts label alike."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,48 @@ def test_exclude_list_leaves_files_out_and_must_match_the_folder(tmp_path):
         load_splits(tmp_path, tmp_path / "bad.txt")
     with pytest.raises(DatasetError, match="exclude list .*missing.txt"):
         load_splits(tmp_path, tmp_path / "missing.txt")
+
+
+def processes_with(marker: str) -> list[int]:
+    """The pids of the processes whose command line holds `marker`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:  # it ended meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the reader processes through /proc (Linux)")
+def test_a_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
+    """SIGKILL (the OOM killer, a scheduler's kill) gives the loader no chance to stop DALI's reader
+    processes, which would wait for work forever: they notice their parent is gone and exit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_dataset(tmp_path / "data", {"train": 4, "val": 1}, num_classes=2)
+    marker = f"readers-of-{tmp_path.name}"
+    script = ("import sys, time\nfrom data.dali import DaliLoader\nfrom data.folder import load_splits\n"
+              "from data.plans import train_plan\n"
+              f"_, train, _ = load_splits({str(tmp_path / 'data')!r})\n"
+              "batches = iter(DaliLoader(train_plan(train, 2, seed=0, epoch=0), 2, workers=2))\n"
+              "next(batches)\nprint('ready', flush=True)\ntime.sleep(600)\n")
+    run = subprocess.Popen([sys.executable, "-c", script, marker], stdout=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert run.stdout.readline().strip() == "ready"
+        readers = [pid for pid in processes_with(marker) if pid != run.pid]
+        assert readers, "the loader started no reader process: nothing to check"
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+    deadline = time.monotonic() + 15  # each reader checks its parent every second
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:  # not to leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"reader processes {left} outlived their killed run"
