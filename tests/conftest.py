@@ -2,6 +2,8 @@
 (tests/devices.py says where each test runs them); tests never write the repository's root."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,25 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     write_dataset(root, {"train": 4, "val": 2}, num_classes=3)
     return root
+
+
+@pytest.fixture
+def hold_folder():
+    """hold_folder(out) starts another process that holds run folder `out` as a running training run does, and
+    returns it once it holds it (its pid is the holder's); any still running are killed when the test ends."""
+    holders = []
+
+    def hold(out: Path) -> subprocess.Popen:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import time\nfrom alexnet.run_folder import RunFolder\n"
+                                   f"with RunFolder({str(out)!r}).claimed('', False):\n"
+                                   "    print('held', flush=True)\n    time.sleep(600)\n"],
+            cwd=REPO, stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline() == "held\n", "the holder did not take the folder"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait(timeout=60)

@@ -177,28 +177,20 @@ def test_a_rank_that_dies_or_hangs_stops_the_other_with_a_clear_error(tiny_data,
     assert checkpoint.load(tmp_path / "checkpoint.pth")["step"] >= 1
 
 
-def test_when_rank_0_is_refused_the_folder_the_other_rank_stops_at_once_naming_why(tiny_data, tmp_path):
+def test_when_rank_0_is_refused_the_folder_the_other_rank_stops_at_once_naming_why(tiny_data, tmp_path,
+                                                                                     hold_folder):
     """Another process holds the run's folder: rank 0 is refused it, and rank 1 stops with rank 0's
     reason before its first exchange, not with a lost peer later (--dist-timeout is long here)."""
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom alexnet.run_folder import RunFolder\n"
-                               f"with RunFolder({str(out)!r}).claimed('', False):\n"
-                               "    print('held', flush=True)\n    time.sleep(600)\n"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = hold_folder(out)
+    procs = launch_ranks(tiny_data, out, "--dist-timeout", "300")
     try:
-        assert holder.stdout.readline() == "held\n"
-        procs = launch_ranks(tiny_data, out, "--dist-timeout", "300")
-        try:
-            errors = [p.communicate(timeout=120)[1] for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+        errors = [p.communicate(timeout=120)[1] for p in procs]
     finally:
-        holder.kill()
-        holder.wait(timeout=60)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     refusal = f"--output-dir {out} is in use by another run (pid {holder.pid})"
     assert procs[0].returncode == 1 and f"error: {refusal}" in errors[0], errors[0]
     assert procs[1].returncode == 1, errors[1]

@@ -5,8 +5,6 @@ after a resume, metrics.jsonl with a cut line, model_best.pth its own file."""
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,20 +28,14 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_second_run_into_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_data, tmp_path, capsys):
+def test_a_second_run_into_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_data, tmp_path, capsys,
+                                                                                   hold_folder):
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom alexnet.run_folder import RunFolder\n"
-                               f"with RunFolder({str(out)!r}).claimed('', False):\n"
-                               "    print('held', flush=True)\n    time.sleep(600)\n"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(SystemExit, match=f"--output-dir {out} is in use by another run \\(pid {holder.pid}\\)"):
-            train(tiny_data, out, "--max-steps", "1")
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=60)
+    holder = hold_folder(out)
+    with pytest.raises(SystemExit, match=f"--output-dir {out} is in use by another run \\(pid {holder.pid}\\)"):
+        train(tiny_data, out, "--max-steps", "1")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=60)
     assert (out / ".lock").read_text().strip() == str(holder.pid), "the killed run's lock should still be there"
     capsys.readouterr()
     train(tiny_data, out, "--max-steps", "1")  # the stale lock is taken over
