@@ -151,7 +151,9 @@ def test_a_corrupt_scan_with_a_whole_header_and_end_passes_every_check_and_is_tr
     source = sorted((tmp_path / "data" / "train" / "checks").iterdir())[0]
     data = bytearray(source.read_bytes())
     scan = data.index(b"\xff\xda") + 20  # past the start-of-scan header: the entropy-coded pixels
-    rng = np.random.default_rng()
+    # Seeded: where the bytes land decides how much is garbled. Most places garble half the picture or
+    # more, but some (1 in 10 seeds tried) only a few blocks or a level shift, as the decoder resyncs.
+    rng = np.random.default_rng(0)
     at = int(rng.integers(scan, scan + (len(data) - scan) // 2))
     data[at:at + 16] = rng.integers(0, 0xFF, 16, dtype=np.uint8).tobytes()  # below FF: no marker made
     corrupt = source.with_name("corrupt.JPEG")
