@@ -215,16 +215,17 @@ def _in_collective(e: BaseException) -> bool:
 
 
 def run(main, args):
-    """main(args), then leave the process group. In a multi-process run, a collective that failed or
-    timed out (another rank died or hung) becomes a one-line error naming this rank, and exit status 1."""
+    """main(args), then leave the process group, however main ended (a process that exits with its group
+    alive can abort in gloo's threads at interpreter exit). In a multi-process run, a collective that failed
+    or timed out (another rank died or hung) becomes a one-line error naming this rank, and exit status 1."""
     try:
-        result = main(args)
+        return main(args)
     except RuntimeError as e:
         if not (dist.is_initialized() and _in_collective(e)):
             raise
         first = str(e).strip().splitlines()[0]
         raise SystemExit(f"error: rank {dist.get_rank()}: lost contact with the other ranks (one died, or did "
                          f"not answer within --dist-timeout {args.dist_timeout:g} s): {first}") from e
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return result
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
