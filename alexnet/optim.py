@@ -30,7 +30,8 @@ IMPLEMENTATION_OPTIONS = {"foreach": None, "differentiable": False, "fused": Non
 
 
 def runs_kernel(device: torch.device) -> bool:
-    """Whether the Triton pass updates parameters on `device` (else torch's ops do)."""
+    """Whether the trainer's own Triton passes (this update, the step's totals: alexnet.step) run on `device`
+    (else torch's ops do)."""
     return device.type == "cuda"
 
 

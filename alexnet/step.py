@@ -17,11 +17,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from alexnet.cli import topk_hits
-from alexnet.optim import SGD
+from alexnet import optim
+from kernels import step_totals
 
 # TrainStep.totals. FIRST_BAD: the first step whose loss was not finite (0: none yet), BAD_LOSS its loss.
-LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = range(6)
+LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = map(int, step_totals.ORDER)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
 WARMUP_STEPS = 3  # eager steps before the capture: tiles chosen, kernels compiled, the allocator's pools warm
 
@@ -47,14 +47,7 @@ class TrainStep:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)  # skips the update if fp16 gradients overflowed
         self.scaler.update()
-        with torch.no_grad():
-            loss = loss.detach().double()
-            step = self.totals[STEP] + 1
-            first = (self.totals[FIRST_BAD] == 0) & ~loss.isfinite()
-            hits = topk_hits(logits.detach(), labels, (1,))[0].sum()
-            self.totals.copy_(torch.stack([self.totals[LOSS_SUM] + loss * len(labels), self.totals[HITS] + hits,
-                                           loss, step, torch.where(first, step, self.totals[FIRST_BAD]),
-                                           torch.where(first, loss, self.totals[BAD_LOSS])]))
+        add_step(self.totals, loss.detach(), logits.detach(), labels)
 
     def read(self) -> tuple[list[float], float]:
         """(the totals, the first parameter group's learning rate) on the host, in one device-to-host read."""
@@ -63,6 +56,22 @@ class TrainStep:
             return self.totals.tolist(), lr
         *totals, lr = torch.cat((self.totals, lr.to(self.totals).reshape(1))).tolist()
         return totals, lr
+
+
+def add_step(totals: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add a step's loss and top-1 hits (torch.argmax's) to `totals`, in place: on a GPU in one Triton launch
+    (kernels.step_totals), elsewhere with torch's ops, to the same bits."""
+    if optim.runs_kernel(totals.device):
+        step_totals.add_step(totals, loss, logits, labels)
+        return
+    with torch.no_grad():
+        loss = loss.double()
+        step = totals[STEP] + 1
+        first = (totals[FIRST_BAD] == 0) & ~loss.isfinite()
+        hits = (logits.argmax(1) == labels).sum()
+        totals.copy_(torch.stack([totals[LOSS_SUM] + loss * len(labels), totals[HITS] + hits, loss, step,
+                                  torch.where(first, step, totals[FIRST_BAD]),
+                                  torch.where(first, loss, totals[BAD_LOSS])]))
 
 
 def mixed_precision(amp: str, device: torch.device):
@@ -82,7 +91,8 @@ def training_step(model, net, runner, device: torch.device, amp: str, lr: float,
     writing the 16-bit copies of the weights that `model`'s fully connected layers read (the convs of
     --kernels triton read the fp32 weights themselves)."""
     copy_dtype = AMP_DTYPES.get(amp)
-    optimizer = SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, copy_dtype=copy_dtype)
+    optimizer = optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          copy_dtype=copy_dtype)
     if copy_dtype is not None:
         model.read_copies(optimizer.copy_of)
     autocast, scaler = mixed_precision(amp, device)
