@@ -74,11 +74,11 @@ class AlexNet(nn.Module):
         None: autocast's casts."""
         self.copy_of = copy_of
 
-    def _linear(self, layer: nn.Linear, x):
+    def _linear(self, layer: nn.Linear, x, relu: bool = False):
         if self.copy_of is None or not torch.is_autocast_enabled(x.device.type):
-            return layer(x)
+            return F.relu(layer(x)) if relu else layer(x)
         with torch.autocast(x.device.type, enabled=False):
-            return master_weights.linear(layer, x, self.copy_of)
+            return master_weights.linear(layer, x, self.copy_of, relu)
 
     def _conv(self, layer: nn.Conv2d, x):
         return self.ops.conv2d_relu(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.groups)
@@ -105,6 +105,6 @@ class AlexNet(nn.Module):
         x = stage("conv4", self._conv(self.conv4, x))
         x = stage("conv5", self._conv(self.conv5, x))
         x = stage("pool5", ops.max_pool2d(x, **self.pool))
-        x = stage("fc6", F.relu(self._linear(self.fc6, self.dropout(torch.flatten(x, 1)))))
-        x = stage("fc7", F.relu(self._linear(self.fc7, self.dropout(x))))
+        x = stage("fc6", self._linear(self.fc6, self.dropout(torch.flatten(x, 1)), relu=True))
+        x = stage("fc7", self._linear(self.fc7, self.dropout(x), relu=True))
         return stage("fc8", self._linear(self.fc8, x))

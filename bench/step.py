@@ -39,9 +39,10 @@ ESTIMATE (H100 SXM; no GPU ran)
                 speed); every other op at HBM speed (3.35 TB/s); GEMMs at cuBLAS's floor, max(FLOPs at the
                 dense bf16 or tf32 peak, bytes at HBM speed).
 
-Where CUDA would run other ops than the CPU the fakes are on, the step takes CUDA's choice: the optimizer's
-one Triton pass (alexnet.optim on CUDA; its CPU path is torch's per-tensor ops), the fused dropout kernel (one launch, not a bernoulli, a division
-and a product), wgrad's reduction split for an H100's 132 SMs. Autocast follows the CPU's op lists (the same
+Where CUDA would run other ops than the CPU the fakes are on, the step takes CUDA's choice: the trainer's Triton
+passes (alexnet.optim's update and alexnet.step's totals, one launch each; on a CPU torch's ops), the fused
+dropout kernel (one launch, not a bernoulli, a division and a product), wgrad's reduction split for an H100's 132
+SMs, and fc6-fc8's weight gradients as fp32-output GEMMs (alexnet.master_weights; a CPU casts). Autocast follows the CPU's op lists (the same
 for this model's convs and linears; the loss may differ from CUDA's by a cast), and the torch backend's LRN
 runs in fp32 under bf16, as on a CPU (kernels/torch_ops.py). torch.compile cannot run on fake tensors (Inductor
 crashes): in the compile and --compile rows, what it would compile (the three ops; the whole network) runs
@@ -78,8 +79,9 @@ aten = torch.ops.aten
 NO_LAUNCH = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default, aten.new_empty.default,
              aten.new_empty_strided.default, aten.detach.default, aten.lift_fresh.default, aten._unsafe_view.default,
              aten.set_.source_Storage_storage_offset, aten.resize_.default}  # allocations and metadata
-GEMMS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.addmv.default,
-         aten.mv.default, aten.convolution.default, aten.convolution_backward.default}
+GEMMS = {aten.mm.default, aten.mm.dtype, aten.addmm.default, aten._addmm_activation.default, aten.bmm.default,
+         aten.baddbmm.default, aten.addmv.default, aten.mv.default, aten.convolution.default,
+         aten.convolution_backward.default}
 COPIES = {aten._to_copy.default, aten.copy_.default, aten.clone.default, aten.constant_pad_nd.default,
           aten.cat.default, aten.stack.default, aten.slice_scatter.default, aten.select_scatter.default,
           aten.as_strided_scatter.default}
@@ -148,9 +150,9 @@ def op_bytes(func, args, kwargs, out) -> int:
 
 def gemm_flops(func, args, out) -> int:
     """FLOPs of a GEMM or cuDNN convolution op (convolution_backward: dgrad and wgrad, each the forward's)."""
-    if func in (aten.mm.default, aten.bmm.default, aten.mv.default):
+    if func in (aten.mm.default, aten.mm.dtype, aten.bmm.default, aten.mv.default):
         return 2 * out.numel() * args[0].shape[-1]
-    if func in (aten.addmm.default, aten.baddbmm.default, aten.addmv.default):
+    if func in (aten.addmm.default, aten._addmm_activation.default, aten.baddbmm.default, aten.addmv.default):
         return 2 * out.numel() * args[1].shape[-1]
     if func == aten.convolution.default:
         return 2 * out.numel() * math.prod(args[1].shape[1:])
@@ -330,9 +332,10 @@ def _aot_step_estimates(path: Path) -> dict:
 @contextlib.contextmanager
 def as_on_cuda():
     """CUDA's choices where the CPU's differ: F.dropout as the one fused kernel (aten.native_dropout), wgrad's
-    split of its reduction for an H100's SMs (perf.launches.SMS) instead of the CPU's stand-in, and the
-    optimizer's Triton pass."""
-    from alexnet import optim
+    split of its reduction for an H100's SMs (perf.launches.SMS) instead of the CPU's stand-in, the fc layers'
+    fp32-output weight-gradient GEMM (no cast after it), and the trainer's Triton passes (the optimizer's
+    update, the step's totals)."""
+    from alexnet import master_weights, optim
     from kernels.conv_relu import launch as conv_launch
     from perf.launches import SMS
 
@@ -344,7 +347,8 @@ def as_on_cuda():
         return dropout(input, p, training, inplace)
 
     with mock.patch.object(F, "dropout", fused_dropout), mock.patch.object(conv_launch, "_sms", lambda device: SMS), \
-            mock.patch.object(optim, "runs_kernel", lambda device: True):
+            mock.patch.object(optim, "runs_kernel", lambda device: True), \
+            mock.patch.object(master_weights, "fp32_product", lambda a, b: torch.mm(a, b, out_dtype=torch.float32)):
         yield
 
 

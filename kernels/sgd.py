@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.rounding import to_16_bits
 from kernels.tensors import check_device, launch
 
 BLOCK, NUM_WARPS = 2048, 8  # 8 elements a thread: two 16-byte loads of each fp32 tensor (<= 108 registers)
@@ -78,18 +79,6 @@ def sgd_block(w_ptr, g_ptr, m_ptr, copy_ptr, n, block, lr_ptr, scale_ptr, found_
     tl.store(w_ptr + offsets, w, mask=ok)
     if COPY:
         tl.store(copy_ptr + offsets, to_16_bits(w, copy_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def to_16_bits(x, dtype: tl.constexpr):
-    """fp32 `x` rounded to nearest even in `dtype`. bf16 by hand, on the bits, as torch's cast does it: the same
-    result on a GPU and in the interpreter (whose own fp32 -> bf16 conversion rounds ties up)."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        bits = tl.where(x != x, 0x7FC0, bits)  # NaN stays NaN (the carry could turn one into inf)
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(dtype)
 
 
 def _check(name: str, i: int, t: torch.Tensor, weight: torch.Tensor, dtypes) -> None:

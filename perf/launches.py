@@ -80,7 +80,8 @@ def pool_launches():
 def conv_launches(batch: int = BATCH, sms: int = SMS):
     """The conv kernels at AlexNet's convolutions, one per usable tile, on channels_last inputs: the loader's
     images for conv1, conv1's output layout (which LRN and max-pool keep) for the rest. conv1 runs in its
-    space-to-depth form, copied from x by one kernel (also built for an NCHW x, a caller's, not the step's).
+    space-to-depth form, copied from x by one kernel (also built for an NCHW x, a caller's, not the step's),
+    and its weight's by another launch of it.
     The training step runs bf16 or tf32, and never conv1's dgrad (the images need none). MACs and bytes are
     the convolution's own (bench.costs), not its space-to-depth form's."""
     for name, (x_shape, w_shape, stride, padding, groups) in CONVS.items():
@@ -102,13 +103,17 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
                     yield f"{label}{layout} space_to_depth", copy.kernel, copy.args, launch_work(
                         name, "space_to_depth", dt, prod(copy.grid), 1, 0, (x.numel() + x2.numel()) * ELEMENT_BYTES[dt],
                         step)
-                x, w = x2, space_to_depth.to_weight(w, geometry)
+                w2, weight_copy = conv_launch.space_to_depth_weight_plan(w, geometry, dtype)
+                yield f"{label} space_to_depth weight", weight_copy.kernel, weight_copy.args, launch_work(
+                    name, "space_to_depth weight", dt, prod(weight_copy.grid), 1, 0,
+                    w.numel() * 4 + w2.numel() * ELEMENT_BYTES[dt], in_the_step)
+                x, w = x2, space_to_depth.to_weight(w, geometry)  # the fp32 form dgrad_plan casts in its copy
 
             def work(op, launch_grid, iterations, step=in_the_step):
                 return conv_work(name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(launch_grid),
                                  iterations, step)
 
-            y, plan = conv_launch.fwd_plan(x, w, b, form)
+            y, plan = conv_launch.fwd_plan(x, w2 if geometry.runs_as else w, b, form)
             window = form.C // form.groups * form.R * form.S
             yield from _tiled(f"{label} fwd", "fwd", plan,
                               lambda m: work("fwd", plan.grid(m), triton.cdiv(window, m["BLOCK_K"])))

@@ -17,6 +17,7 @@ from alexnet.layers import CONVS as ALEXNET_CONVS
 from kernels import conv_relu
 from kernels.conv_relu import geometry as conv_geometry
 from kernels.conv_relu import launch as conv_launch
+from kernels.conv_relu import space_to_depth as conv_space_to_depth
 from kernels.conv_relu import tiles as conv_tiles
 from kernels.conv_relu.tiles import TILES
 from tests.reference import conv2d_relu as reference
@@ -230,8 +231,9 @@ class ReadsOf(TorchDispatchMode):
 def test_conv1_copies_its_input_once_a_step_in_one_kernel(layout, monkeypatch):
     """conv1's space-to-depth copy of x is one kernel, started by the forward, whose output wgrad reuses: over
     the forward and the backward one launch of it, and no torch op reads x into other memory (F.pad and a
-    permuted copy did, in the forward and again in wgrad). No kernel runs here (each launch is recorded
-    instead): only the host side. The images need no input gradient."""
+    permuted copy did, in the forward and again in wgrad). The fp32 weight's form, in x's dtype, is one
+    launch of the same kernel (F.pad, a permuted copy and a cast were three). No kernel runs here (each launch
+    is recorded instead): only the host side. The images need no input gradient."""
     x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
     x, w, b = make((2, *x_shape), w_shape, True, torch.float32)
     x = x.to(torch.bfloat16)  # the loader's batch: the run's dtype, channels_last
@@ -239,13 +241,37 @@ def test_conv1_copies_its_input_once_a_step_in_one_kernel(layout, monkeypatch):
     w, b = w.requires_grad_(), b.requires_grad_()  # fp32 master weights, as in a bf16 step
     started = []
     monkeypatch.setattr(conv_launch.Launch, "start", lambda launch, device: started.append(launch.kernel))
-    with ReadsOf(x) as reads:
+    with ReadsOf(x) as reads, ReadsOf(w) as weight_reads:
         y = conv2d_relu(x, w, b, stride, padding, groups)
         y.backward(torch.ones_like(y))
     assert w.grad is not None and b.grad is not None, "[conv1] no weight gradient"
     assert not reads.ops, f"[conv1 {layout}] x read into other memory by {reads.ops}"
+    assert not weight_reads.ops, f"[conv1 {layout}] the weight read into other memory by {weight_reads.ops}"
     kernel_names = [getattr(kernel, "fn", kernel).__name__ for kernel in started]
-    assert kernel_names == ["space_to_depth_kernel", "fwd_kernel", "relu_mask_kernel", "wgrad_kernel"], kernel_names
+    assert kernel_names == ["space_to_depth_kernel", "space_to_depth_kernel", "fwd_kernel", "relu_mask_kernel",
+                            "wgrad_kernel"], kernel_names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["conv1", "s2d 4x3/(2,3) pad (0,2): rows cropped, columns padded"])
+def test_the_weights_space_to_depth_copy_is_torchs_cast_of_its_form(name, dtype):
+    """The one-launch copy of an fp32 weight to its space-to-depth form in x's dtype equals torch's F.pad, permute
+    and cast bit for bit, with ties to even (half the elements are made exact ties) and from a permuted weight."""
+    if name == "conv1":
+        x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS[name]
+        x_shape = (2, *x_shape)
+    else:
+        x_shape, w_shape, stride, padding, groups, _ = S2D[name]
+    geometry = conv_geometry.conv_geometry(x_shape, w_shape, stride, padding, groups)
+    w = torch.randn(w_shape, generator=torch.Generator().manual_seed(0))
+    bits = w.view(torch.int32)
+    ties = 0x8000 if dtype == torch.bfloat16 else 0x1000  # the half-way point below the kept mantissa bits
+    bits[..., ::2] = bits[..., ::2] & ~(2 * ties - 1) | ties
+    for weight in (w, w.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):
+        w2, copy = conv_launch.space_to_depth_weight_plan(weight, geometry, dtype)
+        copy.start(w2.device)
+        want = conv_space_to_depth.to_weight(w, geometry).to(dtype, memory_format=torch.channels_last)
+        assert w2.stride() == want.stride() and torch.equal(w2, want), f"[{name} {dtype}] differs from torch's"
 
 
 def test_outputs_are_channels_last():

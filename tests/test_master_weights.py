@@ -26,16 +26,20 @@ class Copies(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_master_linear_equals_the_16_bit_linear_with_fp32_gradients():
+@pytest.mark.parametrize("relu", [False, True])
+def test_master_linear_equals_the_16_bit_linear_with_fp32_gradients(relu):
+    """Its forward and dx bit for bit autocast's (a ReLU'd one: F.relu after it); dW and db its fp32 sums."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 7, generator=g).bfloat16()
     w, b = torch.randn(3, 7, generator=g).requires_grad_(), torch.randn(3, generator=g).requires_grad_()
     dy = torch.randn(5, 3, generator=g).bfloat16()
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y = MasterLinear.apply(x1, w, b, w.detach().bfloat16(), b.detach().bfloat16())
+    y = MasterLinear.apply(x1, w, b, w.detach().bfloat16(), b.detach().bfloat16(), relu)
     w2, b2 = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         want = torch.nn.functional.linear(x2, w2, b2)  # autocast's path: casts both ways
+    want = want.relu() if relu else want
+    assert relu == (y == 0).any().item(), "ReLU'd: some outputs 0, else none"
     assert torch.equal(y, want), "[y] differs from autocast's linear"
     y.backward(dy)
     want.backward(dy)
@@ -43,7 +47,8 @@ def test_master_linear_equals_the_16_bit_linear_with_fp32_gradients():
     assert w.grad.dtype == b.grad.dtype == torch.float32
     # autocast rounds dW and db to bf16 before casting them back: ours are those sums, not rounded
     torch.testing.assert_close(w.grad, w2.grad, atol=0, rtol=2 ** -8, msg="[dW]")
-    torch.testing.assert_close(b.grad, (dy.float().sum(0)), atol=0, rtol=0, msg="[db]")
+    dz = dy.masked_fill(want <= 0, 0) if relu else dy  # the gradient through the ReLU
+    torch.testing.assert_close(b.grad, dz.float().sum(0), atol=0, rtol=0, msg="[db]")
 
 
 def test_fp32_product_is_the_fp32_gemm_on_meta_and_the_cast_product_on_the_cpu():

@@ -105,6 +105,23 @@ def space_to_depth_plan(x, geometry: ConvGeometry):
     return x2, Launch(space_to_depth_kernel, grid, dict(constants, x_ptr=x, x2_ptr=x2))
 
 
+def space_to_depth_weight_plan(weight, geometry: ConvGeometry, dtype: torch.dtype):
+    """(w2, Launch): space_to_depth.to_weight(weight) in `dtype`, channels_last as the forward reads it, written
+    in one pass over the weight (the taps past its window zeroed, an fp32 master weight cast)."""
+    w2 = torch.empty(geometry.runs_as.w_shape, device=weight.device, dtype=dtype, memory_format=torch.channels_last)
+    grid, constants = _space_to_depth_constants(_weight_as_image(geometry), weight.stride())
+    return w2, Launch(space_to_depth_kernel, grid, dict(constants, x_ptr=weight, x2_ptr=w2))
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_as_image(g: ConvGeometry) -> ConvGeometry:
+    """The weight's space-to-depth copy as the input copy of a convolution with no padding: K images of C
+    channels of R x S, whose form has taps_h x taps_w pixels."""
+    taps_h, taps_w = g.runs_as.R, g.runs_as.S
+    form = ConvGeometry(g.K, g.runs_as.C, taps_h, taps_w, 1, 1, 1, (1, 1), (0, 0), 1, taps_h, taps_w)
+    return ConvGeometry(g.K, g.C, g.R, g.S, 1, 1, 1, g.stride, (0, 0), 1, taps_h, taps_w, runs_as=form)
+
+
 @functools.lru_cache(maxsize=512)
 def _space_to_depth_constants(g: ConvGeometry, sx):
     form = g.runs_as
@@ -222,7 +239,8 @@ def kernel_input(x, geometry: ConvGeometry):
 def _forward(x_in, weight, bias, geometry: ConvGeometry):
     """y from x_in = kernel_input(x, geometry)."""
     if geometry.runs_as:
-        weight = space_to_depth.to_weight(weight, geometry)
+        weight, copy = space_to_depth_weight_plan(weight, geometry, x_in.dtype)
+        copy.start(x_in.device)
     y, plan = fwd_plan(x_in, weight, bias, geometry.kernel_form)
     if y.numel():
         plan.start(x_in.device)
