@@ -489,27 +489,32 @@ def _best_us(fn, calls: int, repeats: int = 5) -> float:
     return best * 1e6
 
 
+def activation(shape) -> torch.Tensor:
+    return torch.randn(shape).to(torch.bfloat16, memory_format=torch.channels_last)
+
+
 def triton_op_host_us(calls: int = 200) -> dict:
-    """{op: {"fwd": µs, "bwd": µs}} per Triton op call with the kernel stubbed, on CPU tensors so small that
+    """{op: {"fwd": µs, "bwd": µs}} per Triton op call with the kernel stubbed, as a bf16 step calls it (bf16
+    channels_last activations, fp32 weights, no input gradient for conv1's images) on CPU tensors so small that
     every torch op around the kernel costs its dispatch only (as an asynchronous GPU op would); bwd is
-    forward+backward less forward. conv1 is the space-to-depth form (3 channels, stride 4)."""
+    forward+backward less forward, autograd's engine included. conv1 is the space-to-depth form (3 channels,
+    stride 4)."""
     ops = kernels.backend("triton")
-    channels_last = torch.channels_last
-    convs = {"conv1": ((2, 3, 23, 23), (8, 3, 11, 11), 4, 0, 1, torch.contiguous_format),
-             "conv (groups 2)": ((2, 16, 9, 9), (16, 8, 5, 5), 1, 2, 2, channels_last),
-             "conv": ((2, 16, 9, 9), (16, 16, 3, 3), 1, 1, 1, channels_last)}
+    convs = {"conv1": ((2, 3, 23, 23), (8, 3, 11, 11), 4, 0, 1, False),
+             "conv (groups 2)": ((2, 16, 9, 9), (16, 8, 5, 5), 1, 2, 2, True),
+             "conv": ((2, 16, 9, 9), (16, 16, 3, 3), 1, 1, 1, True)}
     cases = {}
-    for name, (x_shape, w_shape, stride, padding, groups, layout) in convs.items():
-        x = torch.randn(x_shape).contiguous(memory_format=layout).requires_grad_()
+    for name, (x_shape, w_shape, stride, padding, groups, input_grad) in convs.items():
+        x = activation(x_shape).requires_grad_(input_grad)
         w, b = torch.randn(w_shape).requires_grad_(), torch.randn(w_shape[0]).requires_grad_()
         cases[name] = (lambda x=x, w=w, b=b, s=stride, p=padding, g=groups: ops.conv2d_relu(x, w, b, s, p, g))
-    x = torch.randn(2, 16, 7, 7).contiguous(memory_format=channels_last).requires_grad_()
+    x = activation((2, 16, 7, 7)).requires_grad_()
     cases["lrn"] = lambda: ops.lrn(x)
     cases["max-pool"] = lambda: ops.max_pool2d(x)
     result = {}
     with stubbed_launches(lambda *a: None):
         for name, forward in cases.items():
-            dy = torch.randn(forward().shape).contiguous(memory_format=channels_last)
+            dy = activation(forward().shape)
             fwd = _best_us(forward, calls)
             result[name] = {"fwd": fwd, "bwd": _best_us(lambda: forward().backward(dy), calls) - fwd}
     return result
