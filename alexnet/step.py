@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import optim
-from kernels import step_totals
 
-# TrainStep.totals. FIRST_BAD: the first step whose loss was not finite (0: none yet), BAD_LOSS its loss.
-LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = map(int, step_totals.ORDER)
+# TrainStep.totals (kernels.step_totals' order). FIRST_BAD: the first step whose loss was not finite (0: none
+# yet), BAD_LOSS its loss.
+LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = range(6)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp
 WARMUP_STEPS = 3  # eager steps before the capture: tiles chosen, kernels compiled, the allocator's pools warm
 
@@ -62,7 +62,8 @@ def add_step(totals: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, lab
     """Add a step's loss and top-1 hits (torch.argmax's) to `totals`, in place: on a GPU in one Triton launch
     (kernels.step_totals), elsewhere with torch's ops, to the same bits."""
     if optim.runs_kernel(totals.device):
-        step_totals.add_step(totals, loss, logits, labels)
+        from kernels.step_totals import add_step  # here: importing Triton first on a CPU would keep its interpreter off
+        add_step(totals, loss, logits, labels)
         return
     with torch.no_grad():
         loss = loss.double()

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from kernels.tensors import FLOAT_DTYPES, check_device, launch, next_power_of_2
 
-# Where each total is in `totals` (constexpr: the kernel reads them; int() of one is its index on the host)
+# Where each total is in `totals`: alexnet.step's order (TrainStep.totals), as constexprs the kernel can read
 ORDER = LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS = tuple(map(tl.constexpr, range(6)))
 ELEMENTS = 8192  # logits a program holds at once (rows x the classes rounded up to a power of 2)
 

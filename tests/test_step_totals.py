@@ -83,6 +83,15 @@ def test_non_contiguous_logits_and_labels():
     assert by_kernel == by_torch and by_kernel[HITS] >= 6
 
 
+def test_the_kernel_reads_the_totals_in_the_steps_order_and_the_trainer_imports_no_triton():
+    """alexnet.step names the totals without importing Triton (on a CPU, Triton imported before
+    kernels.interpret switches its interpreter on could not run --kernels triton): the kernel's order is its."""
+    assert [int(at) for at in step_totals.ORDER] == [LOSS_SUM, HITS, LAST_LOSS, STEP, FIRST_BAD, BAD_LOSS]
+    code = "import sys, alexnet.train; assert 'triton' not in sys.modules, 'alexnet.train imported triton'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # ~10 s quiet
+
+
 def test_bad_input_is_named():
     on = triton_device()
     totals, loss = torch.zeros(6, dtype=torch.float64, device=on), torch.tensor(1.0, device=on)
