@@ -15,13 +15,16 @@ per-channel mean (no division by a std), in the dtype asked for (float32; float1
 mixed precision: DALI writes float16, and bfloat16 is cast from it on the loader's device, as DALI has
 no bfloat16) and in channels_last memory (NCHW shape, NHWC strides), the layout conv1 reads.
 
-Reading and checking the files runs in worker processes (DALI's parallel external source), never in
-the training thread. The samples, crops, flips and lighting of an epoch come from a data.plans plan
+Reading and checking the files runs in worker processes (DALI's parallel external source), and DALI's
+pipeline in a thread of the loader's own (`run_ahead`), never in the training thread: it only takes
+finished batches. The samples, crops, flips and lighting of an epoch come from a data.plans plan
 (seeded, shardable, resumable mid-epoch); `data.pil.PilLoader` runs the same plans through PIL.
 """
 
+import contextlib
 import io
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -37,6 +40,7 @@ from data.folder import PREPARED_SIZE, DatasetError
 from data.plans import CROP, RESIZE_SHORTER, TEN_CROPS, EpochPlan, PlanLoader, bad_files_error, find_bad_files
 
 PREFETCH = 2  # batches DALI prepares ahead: a decode error is looked for in them too
+HANDED_AHEAD = 2  # finished batches the loader's thread holds for the training thread
 # Decoding threads per reading process: reading and checking a file takes ~40 us here, decoding and
 # augmenting it 0.7-2 ms, and each process holds its batches in shared memory (and, started by spawn
 # on a GPU machine, takes seconds to start), so a few readers feed many decoders.
@@ -154,6 +158,52 @@ def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, sour
     return fn.crop_mirror_normalize(images, **normalize), labels
 
 
+def run_ahead(batches, depth: int, context=contextlib.nullcontext()):
+    """Iterate `batches()` (a generator function) in a thread of its own, inside `context`, up to `depth` items
+    ahead of the caller, in order: the calling (training) thread only takes finished items. An exception
+    from it is raised in the caller; a caller that stops early (or is garbage-collected) stops the thread and
+    waits for it to close the generator (a DALI pipeline is torn down in the thread that ran it). On CUDA the
+    thread works on the device's default stream, as the training thread does, so the batches are ready, in
+    stream order, for the kernels that read them."""
+    items, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        with context:
+            generator = batches()
+            try:
+                for batch in generator:
+                    if not offer((batch, None)):
+                        return
+                offer((end, None))
+            except BaseException as e:  # the caller raises it, with its traceback
+                offer((None, e))
+            finally:
+                generator.close()
+
+    thread = threading.Thread(target=work, name="data loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = items.get()
+            if error is not None:
+                raise error
+            if batch is end:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
+
+
 class DaliLoader(PlanLoader):
     """Iterates (images, labels (B,) int64) on `device` for one plan, starting at batch `start_batch`
     (to resume mid-epoch). Images are (B, 3, 227, 227), or (B, 10, 3, 227, 227) for a ten-crop plan,
@@ -167,6 +217,10 @@ class DaliLoader(PlanLoader):
     def __iter__(self):
         if len(self) == 0:
             return
+        device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        yield from run_ahead(self._batches, HANDED_AHEAD, device)
+
+    def _batches(self):
         gpu = self.device.type == "cuda"
         decoder = dict(device="mixed", hw_decoder_load=hw_decoder_load(self.device)) if gpu else dict(device="cpu")
         source = _PlanSource(self.plan, self.batch_size, self.start_batch, self.prepared)

@@ -3,6 +3,7 @@ gives the same; both validation layouts label alike."""
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.dali import DaliLoader
+from data.dali import DaliLoader, run_ahead
 from data.plans import CROP, MEAN_RGB, EpochPlan, train_plan, val_plan
 from data.embedded import write_dataset
 from data.folder import VAL_LABELS, DatasetError, load_splits
@@ -255,3 +256,69 @@ def test_a_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
     for pid in left:  # not to leave them to the next test
         os.kill(pid, signal.SIGKILL)
     assert not left, f"reader processes {left} outlived their killed run"
+
+
+def test_run_ahead_hands_over_every_batch_in_order_from_a_thread_of_its_own():
+    made_in = []
+
+    def batches():
+        for i in range(7):
+            made_in.append(threading.get_ident())
+            yield i
+
+    assert list(run_ahead(batches, 2)) == list(range(7))
+    assert set(made_in) and threading.get_ident() not in made_in, "the caller's thread ran the generator"
+
+
+def test_run_ahead_raises_the_generators_error_after_its_batches():
+    def batches():
+        yield 0
+        yield 1
+        raise DatasetError("bad file x.JPEG")
+
+    got = []
+    with pytest.raises(DatasetError, match="bad file x.JPEG"):
+        for batch in run_ahead(batches, 2):
+            got.append(batch)
+    assert got == [0, 1]
+
+
+@pytest.mark.parametrize("how", ["break", "garbage-collected"])
+def test_a_caller_that_stops_early_stops_the_thread_which_closes_the_generator(how):
+    made, closed_in = [], []
+
+    def batches():
+        try:
+            for i in range(1000):
+                made.append(i)
+                yield i
+        finally:
+            closed_in.append(threading.get_ident())
+
+    ahead = run_ahead(batches, 2)
+    assert next(ahead) == 0
+    if how == "break":
+        ahead.close()
+    else:
+        del ahead  # the last reference: CPython closes the generator at once
+    assert closed_in and closed_in[0] != threading.get_ident(), "not closed, or closed by the caller's thread"
+    assert len(made) <= 1 + 2 + 1, f"ran {len(made)} batches ahead of 1 taken"  # taken, queued, one in hand
+    assert not [t for t in threading.enumerate() if t.name == "data loader"], "the loader's thread still runs"
+
+
+def test_the_dali_pipeline_runs_outside_the_training_thread(samples, monkeypatch):
+    """The training thread only takes finished batches (its time per batch, bench/test_data_pipeline.py's
+    train_thread_ms, ~0.07 ms here against ~1.2 ms with the pipeline run in it)."""
+    import data.dali
+    ran_in = []
+    real = data.dali.DALIGenericIterator
+
+    class Recording(real):
+        def __next__(self):
+            ran_in.append(threading.get_ident())
+            return super().__next__()
+
+    monkeypatch.setattr(data.dali, "DALIGenericIterator", Recording)
+    plan = val_plan(samples[1])
+    assert sum(len(labels) for _, labels in DaliLoader(plan, 2, workers=1)) == len(plan)
+    assert ran_in and threading.get_ident() not in ran_in
