@@ -29,9 +29,11 @@ MEASURED on this machine
                 from the device: .item() needs its stand-in value). Not on the meta device, which cannot run
                 the step (kernels/autocast.py asks autocast about the tensors' device); not on real CPU
                 tensors, which would compute. An upper bound of the eager host time on this CPU.
-  host_us_per_op   µs per Triton op call, forward and backward, kernels stubbed, on tiny CPU tensors (so
-                torch's ops around the kernel cost their dispatch only), best of 5 (printed under the table,
-                in the JSON's triton rows).
+  host_us_per_op   µs one more Triton op call adds to a bf16 step, forward and backward, kernels stubbed, on
+                tiny CPU tensors (so torch's ops around the kernel cost their dispatch only): the op followed by
+                an LRN less the LRN alone, gradients set to None between steps as zero_grad does, so the
+                backward() call's own start (once a step) is not in it; best of 5 (printed under the table, in
+                the JSON's triton rows).
 ESTIMATE (H100 SXM; no GPU ran)
   est_device_ms our kernels from perf.aot's estimate when --aot-json gives its report (per layer and op, the
                 tile with the best estimate, as its step roll-up), else each launch's floor (perf.work's FLOPs
@@ -256,7 +258,8 @@ def stubbed_launches(record):
     import kernels.tensors as tensors
 
     kernels.backend("triton")  # every launcher imported now, binding the real launch (replaced below)
-    importlib.import_module("kernels.sgd")  # the optimizer's, imported at its first CUDA step
+    for imported_at_first_use in ("kernels.sgd", "kernels.step_totals"):  # the trainer's, at its first CUDA step
+        importlib.import_module(imported_at_first_use)
 
     def stub(kernel, grid, device, *args, **kwargs):
         record(kernel, grid, _named_args(kernel, args, kwargs))
@@ -494,29 +497,50 @@ def activation(shape) -> torch.Tensor:
 
 
 def triton_op_host_us(calls: int = 200) -> dict:
-    """{op: {"fwd": µs, "bwd": µs}} per Triton op call with the kernel stubbed, as a bf16 step calls it (bf16
-    channels_last activations, fp32 weights, no input gradient for conv1's images) on CPU tensors so small that
-    every torch op around the kernel costs its dispatch only (as an asynchronous GPU op would); bwd is
-    forward+backward less forward, autograd's engine included. conv1 is the space-to-depth form (3 channels,
-    stride 4)."""
+    """{op: {"fwd": µs, "bwd": µs}}: the host time one more call of each Triton op adds to a bf16 step, kernels
+    stubbed: bf16 channels_last activations, fp32 weights, no input gradient for conv1's images, on CPU tensors
+    so small that every torch op around the kernel costs its dispatch only (as an asynchronous GPU op would).
+    Each op is timed followed by an LRN, less that LRN alone on a leaf of the op's output's shape: so the
+    backward() call's own cost (autograd's start, paid once a step, not per op) is left out, and the
+    parameters' gradients are set to None after each step, as the trainer's zero_grad does (no accumulation).
+    bwd is forward+backward less forward, autograd's work for the op's node included. conv1 is the
+    space-to-depth form (3 channels, stride 4)."""
     ops = kernels.backend("triton")
     convs = {"conv1": ((2, 3, 23, 23), (8, 3, 11, 11), 4, 0, 1, False),
              "conv (groups 2)": ((2, 16, 9, 9), (16, 8, 5, 5), 1, 2, 2, True),
              "conv": ((2, 16, 9, 9), (16, 16, 3, 3), 1, 1, 1, True)}
-    cases = {}
+    cases, leaves = {}, []
     for name, (x_shape, w_shape, stride, padding, groups, input_grad) in convs.items():
         x = activation(x_shape).requires_grad_(input_grad)
         w, b = torch.randn(w_shape).requires_grad_(), torch.randn(w_shape[0]).requires_grad_()
+        leaves += [x, w, b]
         cases[name] = (lambda x=x, w=w, b=b, s=stride, p=padding, g=groups: ops.conv2d_relu(x, w, b, s, p, g))
     x = activation((2, 16, 7, 7)).requires_grad_()
+    leaves.append(x)
     cases["lrn"] = lambda: ops.lrn(x)
     cases["max-pool"] = lambda: ops.max_pool2d(x)
+
+    def us(forward, backward: bool) -> float:
+        dy = activation(forward().shape)
+
+        def step():
+            y = forward()
+            if backward:
+                y.backward(dy)
+            for leaf in leaves:
+                leaf.grad = None
+        return _best_us(step, calls)
+
     result = {}
     with stubbed_launches(lambda *a: None):
-        for name, forward in cases.items():
-            dy = activation(forward().shape)
-            fwd = _best_us(forward, calls)
-            result[name] = {"fwd": fwd, "bwd": _best_us(lambda: forward().backward(dy), calls) - fwd}
+        for name, op in cases.items():
+            alone = activation(op().shape).requires_grad_()
+            leaves.append(alone)
+            then_lrn, lrn_alone = (lambda: ops.lrn(op())), (lambda: ops.lrn(alone))
+            fwd = us(then_lrn, False) - us(lrn_alone, False)
+            both = us(then_lrn, True) - us(lrn_alone, True)
+            result[name] = {"fwd": fwd, "bwd": both - fwd}
+            leaves.pop()
     return result
 
 
@@ -572,8 +596,8 @@ def table(rows: list[dict]) -> str:
         lines += [f"{r['backend']} {r['amp']}: {note}" for note in r["notes"]]
     per_op = next((r["host_us_per_op"] for r in rows if "host_us_per_op" in r), {})
     if per_op:
-        lines.append("host us per Triton op call, kernel stubbed (tiny CPU tensors, best of 5): " + "; ".join(
-            f"{op} fwd {us['fwd']:.1f} bwd {us['bwd']:.1f}" for op, us in per_op.items()))
+        lines.append("host us one more Triton op call adds to a bf16 step, kernel stubbed (tiny CPU tensors, best "
+                     "of 5): " + "; ".join(f"{op} fwd {us['fwd']:.1f} bwd {us['bwd']:.1f}" for op, us in per_op.items()))
     return "\n".join(lines)
 
 
