@@ -896,7 +896,8 @@ def embedded_plan(run):
 
 def dali_step(run) -> list[dict]:
     """The training step fed by DALI on this device: img/s after the first batch (which builds the pipeline and
-    compiles), the images going straight from the loader into the step."""
+    compiles), the images going straight from the loader into the step, run as the trainer runs it: on a GPU
+    captured as a CUDA graph after its warm-up steps while the loader's own thread keeps the pipeline going."""
     from bench.common import usable_cpus
     from bench.test_data_pipeline import first_batch
     from bench.test_train_step import make_step
@@ -906,9 +907,9 @@ def dali_step(run) -> list[dict]:
     rows = []
     for backend in p["backends"]:
         row = dict(backend=backend, amp=p["amp"], batch=plan["data"]["batch"], loader="dali", decoder=device.type,
-                   workers=usable_cpus())
+                   workers=usable_cpus(), graph=device.type == "cuda")
         try:
-            step = make_step(backend, p["amp"], device, plan["data"]["batch"])
+            step = make_step(backend, p["amp"], device, plan["data"]["batch"], graph=row["graph"])
             batches, row["startup_s"] = first_batch(batches_plan, "dali", device.type, usable_cpus(),
                                                     plan["data"]["batch"])
             step()
