@@ -62,8 +62,8 @@ def add_step(totals: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, lab
     """Add a step's loss and top-1 hits (torch.argmax's) to `totals`, in place: on a GPU in one Triton launch
     (kernels.step_totals), elsewhere with torch's ops, to the same bits."""
     if optim.runs_kernel(totals.device):
-        from kernels.step_totals import add_step  # here: importing Triton first on a CPU would keep its interpreter off
-        add_step(totals, loss, logits, labels)
+        from kernels import step_totals  # here: Triton imported first on a CPU would keep its interpreter off
+        step_totals.add_step(totals, loss, logits, labels)
         return
     with torch.no_grad():
         loss = loss.double()

@@ -44,12 +44,12 @@ ESTIMATE (H100 SXM; no GPU ran)
 Where CUDA would run other ops than the CPU the fakes are on, the step takes CUDA's choice: the trainer's Triton
 passes (alexnet.optim's update and alexnet.step's totals, one launch each; on a CPU torch's ops), the fused
 dropout kernel (one launch, not a bernoulli, a division and a product), wgrad's reduction split for an H100's 132
-SMs, and fc6-fc8's weight gradients as fp32-output GEMMs (alexnet.master_weights; a CPU casts). Autocast follows the CPU's op lists (the same
-for this model's convs and linears; the loss may differ from CUDA's by a cast), and the torch backend's LRN
-runs in fp32 under bf16, as on a CPU (kernels/torch_ops.py). torch.compile cannot run on fake tensors (Inductor
-crashes): in the compile and --compile rows, what it would compile (the three ops; the whole network) runs
-eagerly and its ops, forward and backward, are left out of the counts (compiled_ops_not_counted; the estimate
-is marked *); the rest of the step is counted.
+SMs, and fc6-fc8's weight gradients as fp32-output GEMMs (alexnet.master_weights; a CPU casts). Autocast follows
+the CPU's op lists (the same for this model's convs and linears; the loss may differ from CUDA's by a cast), and
+the torch backend's LRN runs in fp32 under bf16, as on a CPU (kernels/torch_ops.py). torch.compile cannot run on
+fake tensors (Inductor crashes): in the compile and --compile rows, what it would compile (the three ops; the
+whole network) runs eagerly and its ops, forward and backward, are left out of the counts
+(compiled_ops_not_counted; the estimate is marked *); the rest of the step is counted.
 """
 
 import argparse
@@ -596,8 +596,9 @@ def table(rows: list[dict]) -> str:
         lines += [f"{r['backend']} {r['amp']}: {note}" for note in r["notes"]]
     per_op = next((r["host_us_per_op"] for r in rows if "host_us_per_op" in r), {})
     if per_op:
+        calls = "; ".join(f"{op} fwd {us['fwd']:.1f} bwd {us['bwd']:.1f}" for op, us in per_op.items())
         lines.append("host us one more Triton op call adds to a bf16 step, kernel stubbed (tiny CPU tensors, best "
-                     "of 5): " + "; ".join(f"{op} fwd {us['fwd']:.1f} bwd {us['bwd']:.1f}" for op, us in per_op.items()))
+                     f"of 5): {calls}")
     return "\n".join(lines)
 
 
