@@ -575,54 +575,91 @@ class Run:
         return {"train_loss": self.sums["loss"] / n, "train_top1": 100 * self.sums["hits"] / n,
                 "img_per_s": self.sums["samples"] / seconds if seconds else 0.0, "train_seconds": seconds}
 
+    def train_loader(self, Loader, epoch: int, start_batch: int):
+        """Epoch `epoch`'s loader (its plan seeded by the epoch), from batch `start_batch`."""
+        config = self.config
+        plan = train_plan(self.data.train, config.batch_size, config.seed, epoch, lighting_std=config.lighting_std,
+                          **self.layout.shard())
+        return Loader(plan, config.batch_size, self.layout.device, config.workers, start_batch,
+                      AMP_DTYPES.get(config.amp, torch.float32))  # --amp's dtype: no cast before conv1
+
     def fit(self, val_loader, Loader) -> dict | None:
-        """Epochs until --epochs or --max-steps; after each, validate, save, and log a line of metrics."""
+        """Epochs until --epochs or --max-steps; after each, validate, save, and log a line of metrics. On a
+        GPU each loader starts ahead of its loop (starts_early): validation's at the epoch's start, the next
+        epoch's before validation, so that their start-up (spawned reading processes) overlaps the work."""
         config, layout, out = self.config, self.layout, self.out
         writer = tensorboard_writer(out) if layout.main else None
-        val = None
-        while self.epoch < config.epochs:
-            plan = train_plan(self.data.train, config.batch_size, config.seed, self.epoch,
-                              lighting_std=config.lighting_std, **layout.shard())
-            loader = Loader(plan, config.batch_size, layout.device, config.workers, self.step_in_epoch,
-                            AMP_DTYPES.get(config.amp, torch.float32))  # --amp's dtype: no cast before conv1
-            steps = loader.start_batch + len(loader)
-            log = StepLog(self.epoch + 1, config.epochs, steps, loader.start_batch, config.print_freq, layout.device)
-            stopped = self.train_epoch(loader, log, steps)
-            log.close()
-            if stopped:
-                break
-            epoch_metrics = self.train_metrics()
-            val = evaluate(self.runner, val_loader, autocast=self.autocast, reduce=layout.sum_over_replicas)
-            lr = float(self.optimizer.param_groups[0]["lr"])  # the epoch's (a device tensor the scheduler changes)
-            if config.lr_scheduler == "plateau":
-                self.scheduler.step(val["top1"])
-            else:
-                self.scheduler.step()
-            best = self.best_top1 is None or val["top1"] > self.best_top1
-            if best:
-                self.best_top1 = val["top1"]
-            self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, new_sums()
-            self.save(best)
-            record = {"epoch": self.epoch, "step": self.global_step, "lr": lr, **epoch_metrics,
-                      **{f"val_{k}": v for k, v in val.items()}}
-            if layout.main:
-                append_metrics(out / METRICS, record)
-            if writer:
-                for name, value in record.items():
-                    writer.add_scalar(name, value, self.epoch)
-                writer.flush()
-            print(f"epoch {self.epoch}/{config.epochs}: train loss {epoch_metrics['train_loss']:.4f}, top-1 "
-                  f"{epoch_metrics['train_top1']:.2f} %, {epoch_metrics['img_per_s']:.1f} img/s; val loss "
-                  f"{val['loss']:.4f}, top-1 {val['top1']:.2f} %, top-5 {val['top5']:.2f} %"
-                  f"{' (best)' if best else ''}; lr {lr:g}", flush=True)
-            if self.out_of_steps():
-                break
+        val, loader, early = None, None, starts_early(layout.device)
+        try:
+            while self.epoch < config.epochs:
+                if loader is None:
+                    loader = self.train_loader(Loader, self.epoch, self.step_in_epoch)
+                if early:
+                    val_loader.start()
+                stopped, loader = self.run_epoch(loader), None
+                if stopped:
+                    break
+                epoch_metrics = self.train_metrics()
+                if early and self.epoch + 1 < config.epochs and not self.out_of_steps():
+                    loader = self.train_loader(Loader, self.epoch + 1, 0)
+                    loader.start()
+                val = self.validate_and_save(val_loader, epoch_metrics, writer)
+                if self.out_of_steps():
+                    break
+        finally:
+            for unused in (val_loader, loader):
+                if unused is not None:
+                    unused.close()
         if writer:
             writer.close()
         print(f"checkpoint: {out / CHECKPOINT}")
         if (out / METRICS).exists():
             print(f"metrics: {out / METRICS}")
         return val
+
+    def run_epoch(self, loader) -> bool:
+        """The rest of the epoch from `loader`, its progress shown; whether the run stopped before its end."""
+        steps = loader.start_batch + len(loader)
+        log = StepLog(self.epoch + 1, self.config.epochs, steps, loader.start_batch, self.config.print_freq,
+                      self.layout.device)
+        stopped = self.train_epoch(loader, log, steps)
+        log.close()
+        return stopped
+
+    def validate_and_save(self, val_loader, epoch_metrics: dict, writer) -> dict:
+        """After an epoch: validate, step the schedule, save the checkpoint, log the epoch's line; the metrics."""
+        config, layout, out = self.config, self.layout, self.out
+        val = evaluate(self.runner, val_loader, autocast=self.autocast, reduce=layout.sum_over_replicas)
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the epoch's (a device tensor the scheduler changes)
+        if config.lr_scheduler == "plateau":
+            self.scheduler.step(val["top1"])
+        else:
+            self.scheduler.step()
+        best = self.best_top1 is None or val["top1"] > self.best_top1
+        if best:
+            self.best_top1 = val["top1"]
+        self.epoch, self.step_in_epoch, self.sums = self.epoch + 1, 0, new_sums()
+        self.save(best)
+        record = {"epoch": self.epoch, "step": self.global_step, "lr": lr, **epoch_metrics,
+                  **{f"val_{k}": v for k, v in val.items()}}
+        if layout.main:
+            append_metrics(out / METRICS, record)
+        if writer:
+            for name, value in record.items():
+                writer.add_scalar(name, value, self.epoch)
+            writer.flush()
+        print(f"epoch {self.epoch}/{config.epochs}: train loss {epoch_metrics['train_loss']:.4f}, top-1 "
+              f"{epoch_metrics['train_top1']:.2f} %, {epoch_metrics['img_per_s']:.1f} img/s; val loss "
+              f"{val['loss']:.4f}, top-1 {val['top1']:.2f} %, top-5 {val['top5']:.2f} %"
+              f"{' (best)' if best else ''}; lr {lr:g}", flush=True)
+        return val
+
+
+def starts_early(device: torch.device) -> bool:
+    """Whether the trainer starts each loader ahead of its loop: on a GPU, where DALI's reading processes are
+    spawned (seconds each time). On a CPU they fork in ~0.2 s, and forking beside a running pipeline is
+    better avoided."""
+    return device.type == "cuda"
 
 
 def resume_step(state: dict, config: Config, replicas: int) -> int:

@@ -16,7 +16,7 @@ mixed precision: DALI writes float16, and bfloat16 is cast from it on the loader
 no bfloat16) and in channels_last memory (NCHW shape, NHWC strides), the layout conv1 reads.
 
 Reading and checking the files runs in worker processes (DALI's parallel external source), and DALI's
-pipeline in a thread of the loader's own (`run_ahead`), never in the training thread: it only takes
+pipeline in a thread of the loader's own (`RunAhead`), never in the training thread: it only takes
 finished batches. The samples, crops, flips and lighting of an epoch come from a data.plans plan
 (seeded, shardable, resumable mid-epoch); `data.pil.PilLoader` runs the same plans through PIL.
 """
@@ -158,14 +158,52 @@ def _pipeline(source, ten_crop: bool, prepared: bool, dtype, decoder: dict, sour
     return fn.crop_mirror_normalize(images, **normalize), labels
 
 
-def run_ahead(batches, depth: int, context=contextlib.nullcontext()):
-    """Iterate `batches()` (a generator function) in a thread of its own, inside `context`, up to `depth` items
-    ahead of the caller, in order: the calling (training) thread only takes finished items. An exception
-    from it is raised in the caller; a caller that stops early (or is garbage-collected) stops the thread and
-    waits for it to close the generator (a DALI pipeline is torn down in the thread that ran it). On CUDA the
-    thread works on the device's default stream, as the training thread does, so the batches are ready, in
-    stream order, for the kernels that read them."""
-    items, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
+class RunAhead:
+    """Iterates `batches()` (a generator function) run in a thread of its own, inside `context`, up to `depth`
+    items ahead of the caller, in order: the calling (training) thread only takes finished items. The thread
+    starts at once, so whatever the generator does before its first item (building a DALI pipeline, starting
+    its reading processes) overlaps the caller's work until it asks for one. An exception from the generator
+    is raised in the caller. close(), or dropping the iterator, stops the thread and waits for it to close the
+    generator (a DALI pipeline is torn down in the thread that ran it). On CUDA the thread works on the
+    device's default stream, as the training thread does, so the batches are ready, in stream order, for the
+    kernels that read them."""
+
+    def __init__(self, batches, depth: int, context=contextlib.nullcontext()):
+        self._items, self._stop, self._done = queue.Queue(maxsize=depth), threading.Event(), False
+        # the thread holds no reference to this object: dropping it is what closes it
+        self._thread = threading.Thread(target=_run_ahead, args=(batches, context, self._items, self._stop),
+                                        name="data loader", daemon=True)
+        self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        batch, error = self._items.get()
+        if error is not None or batch is _END:
+            self.close()
+            if error is not None:
+                raise error
+            raise StopIteration
+        return batch
+
+    def close(self) -> None:
+        self._done = True
+        self._stop.set()
+        self._thread.join()
+
+    def __del__(self):
+        if hasattr(self, "_thread"):
+            self.close()
+
+
+_END = object()  # RunAhead's last item
+
+
+def _run_ahead(batches, context, items: queue.Queue, stop: threading.Event) -> None:
+    """RunAhead's thread: `batches()`'s items into `items`, then _END or the error it raised, until `stop`."""
 
     def offer(item) -> bool:
         while not stop.is_set():
@@ -176,32 +214,17 @@ def run_ahead(batches, depth: int, context=contextlib.nullcontext()):
                 pass
         return False
 
-    def work():
-        with context:
-            generator = batches()
-            try:
-                for batch in generator:
-                    if not offer((batch, None)):
-                        return
-                offer((end, None))
-            except BaseException as e:  # the caller raises it, with its traceback
-                offer((None, e))
-            finally:
-                generator.close()
-
-    thread = threading.Thread(target=work, name="data loader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            batch, error = items.get()
-            if error is not None:
-                raise error
-            if batch is end:
-                return
-            yield batch
-    finally:
-        stop.set()
-        thread.join()
+    with context:
+        generator = batches()
+        try:
+            for batch in generator:
+                if not offer((batch, None)):
+                    return
+            offer((_END, None))
+        except BaseException as e:  # the caller raises it, with its traceback
+            offer((None, e))
+        finally:
+            generator.close()
 
 
 class DaliLoader(PlanLoader):
@@ -210,15 +233,33 @@ class DaliLoader(PlanLoader):
     of `dtype`, channels_last. The last batch may be smaller. `workers` DALI threads decode, and one
     process per THREADS_PER_READER of them (at least one) reads and checks the files.
 
+    start() builds the pipeline (and starts its reading processes) at once, in the loader's thread, for the
+    next loop to take: the trainer does so on a GPU, where those processes are spawned (seconds).
+
     A file the decoder rejects, or one removed or changed since the pre-flight check, stops the epoch
     with a DatasetError naming it (found by decoding the failing batches' files with PIL);
     `python -m data.check` finds them all beforehand."""
 
+    _started = None
+
+    def start(self) -> None:
+        if self._started is None and len(self):
+            self._started = self._run()
+
+    def close(self) -> None:
+        if self._started is not None:
+            self._started.close()
+            self._started = None
+
     def __iter__(self):
+        started, self._started = self._started, None
+        return started if started is not None else self._run()
+
+    def _run(self):
         if len(self) == 0:
-            return
+            return iter(())
         device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
-        yield from run_ahead(self._batches, HANDED_AHEAD, device)
+        return RunAhead(self._batches, HANDED_AHEAD, device)
 
     def _batches(self):
         gpu = self.device.type == "cuda"

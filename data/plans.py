@@ -145,3 +145,11 @@ class PlanLoader:
 
     def __len__(self):
         return max(0, -(-len(self.plan) // self.batch_size) - self.start_batch)
+
+    def start(self) -> None:
+        """Begin delivering batches now, ahead of the loop that will take them (the next iter() returns
+        them), so that the loader's start-up overlaps other work. DaliLoader builds its pipeline and starts
+        its reading processes (seconds on a GPU machine, where they are spawned); here, nothing to do."""
+
+    def close(self) -> None:
+        """Stop what start() began, if no loop took it."""

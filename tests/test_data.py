@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.dali import DaliLoader, run_ahead
+from data.dali import DaliLoader, RunAhead
 from data.plans import CROP, MEAN_RGB, EpochPlan, train_plan, val_plan
 from data.embedded import write_dataset
 from data.folder import VAL_LABELS, DatasetError, load_splits
@@ -258,7 +258,7 @@ def test_a_run_killed_outright_leaves_no_reader_process_behind(tmp_path):
     assert not left, f"reader processes {left} outlived their killed run"
 
 
-def test_run_ahead_hands_over_every_batch_in_order_from_a_thread_of_its_own():
+def test_running_ahead_hands_over_every_batch_in_order_from_a_thread_of_its_own():
     made_in = []
 
     def batches():
@@ -266,11 +266,11 @@ def test_run_ahead_hands_over_every_batch_in_order_from_a_thread_of_its_own():
             made_in.append(threading.get_ident())
             yield i
 
-    assert list(run_ahead(batches, 2)) == list(range(7))
+    assert list(RunAhead(batches, 2)) == list(range(7))
     assert set(made_in) and threading.get_ident() not in made_in, "the caller's thread ran the generator"
 
 
-def test_run_ahead_raises_the_generators_error_after_its_batches():
+def test_running_ahead_raises_the_generators_error_after_its_batches():
     def batches():
         yield 0
         yield 1
@@ -278,12 +278,12 @@ def test_run_ahead_raises_the_generators_error_after_its_batches():
 
     got = []
     with pytest.raises(DatasetError, match="bad file x.JPEG"):
-        for batch in run_ahead(batches, 2):
+        for batch in RunAhead(batches, 2):
             got.append(batch)
     assert got == [0, 1]
 
 
-@pytest.mark.parametrize("how", ["break", "garbage-collected"])
+@pytest.mark.parametrize("how", ["closed", "garbage-collected"])
 def test_a_caller_that_stops_early_stops_the_thread_which_closes_the_generator(how):
     made, closed_in = [], []
 
@@ -295,15 +295,57 @@ def test_a_caller_that_stops_early_stops_the_thread_which_closes_the_generator(h
         finally:
             closed_in.append(threading.get_ident())
 
-    ahead = run_ahead(batches, 2)
+    ahead = RunAhead(batches, 2)
     assert next(ahead) == 0
-    if how == "break":
+    if how == "closed":
         ahead.close()
     else:
-        del ahead  # the last reference: CPython closes the generator at once
+        del ahead  # the last reference (its thread holds none): CPython runs its __del__ at once
     assert closed_in and closed_in[0] != threading.get_ident(), "not closed, or closed by the caller's thread"
     assert len(made) <= 1 + 2 + 1, f"ran {len(made)} batches ahead of 1 taken"  # taken, queued, one in hand
     assert not [t for t in threading.enumerate() if t.name == "data loader"], "the loader's thread still runs"
+
+
+def test_running_ahead_starts_at_once_not_at_the_first_batch_asked_for():
+    started = threading.Event()
+
+    def batches():
+        started.set()  # a DALI pipeline would be built here
+        yield 0
+
+    ahead = RunAhead(batches, 2)
+    assert started.wait(timeout=30), "the generator had not begun 30 s after RunAhead was made"  # ~1 ms quiet
+    assert list(ahead) == [0] and list(ahead) == []
+
+
+def test_a_started_dali_loader_builds_its_pipeline_before_its_loop_and_gives_the_same_batches(samples, monkeypatch):
+    """start() begins the pipeline (its build and reading processes) at once; the next iter() takes the started
+    batches, the same as an unstarted loader's; close() stops a start that no loop took."""
+    import data.dali
+    built = threading.Event()
+    real = data.dali._pipeline
+
+    def pipeline(*args, **kwargs):
+        built.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data.dali, "_pipeline", pipeline)
+    plan = val_plan(samples[1])
+    loader = DaliLoader(plan, 3, workers=1)
+    loader.start()
+    assert built.wait(timeout=60), "start() had not built the pipeline 60 s later"  # ~0.3 s quiet
+    started = [(images.clone(), labels.clone()) for images, labels in loader]
+    unstarted = list(DaliLoader(plan, 3, workers=1))
+    assert len(started) == len(unstarted) == 2
+    for (x, y), (x2, y2) in zip(started, unstarted):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    loader.start()
+    loader.close()
+    assert not [t for t in threading.enumerate() if t.name == "data loader"], "a closed start left its thread"
+    empty = DaliLoader(plan, 3, workers=1, start_batch=2)  # past the plan's end: nothing to start
+    empty.start()
+    empty.close()
+    assert list(empty) == []
 
 
 def test_the_dali_pipeline_runs_outside_the_training_thread(samples, monkeypatch):

@@ -395,3 +395,44 @@ def test_resume_keeps_the_checkpoint_s_zeros_and_the_zeros_given_now():
     config, inherited, _ = resolve(get_args_parser().parse_args(["--seed", "0"]), saved.as_dict())
     assert (config.lighting_std, config.seed, config.no_lrn) == (0.0, 0, True)
     assert inherited["lighting_std"] == 0.0 and "seed" not in inherited
+
+
+@pytest.mark.parametrize("stop", [[], ["--max-steps", "5"]], ids=["3 epochs", "max-steps mid-epoch 2"])
+def test_on_a_gpu_each_loader_starts_ahead_of_its_loop_and_what_no_loop_took_is_closed(tiny_data, tmp_path,
+                                                                                       monkeypatch, stop):
+    """Where the trainer starts loaders early (a GPU: spawned reading processes take seconds), validation's
+    loader starts when an epoch does and the next epoch's before validation, so that their start-up overlaps
+    the work; a start no loop took (the run stopped) is closed. Driven on the CPU with the PIL loader, each
+    loader's start, loop and close recorded; loaders are named in the order they are made (validation's
+    first, then each epoch's)."""
+    import alexnet.train as train_module
+    from data.pil import PilLoader
+    events, made = [], []
+
+    class Recorded(PilLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.name = "val" if not made else f"train {len(made)}"
+            made.append(self)
+
+        def start(self):
+            events.append(f"start {self.name}")
+
+        def close(self):
+            events.append(f"close {self.name}")
+
+        def __iter__(self):
+            events.append(f"loop {self.name}")
+            return super().__iter__()
+
+    monkeypatch.setattr(train_module, "starts_early", lambda device: True)
+    monkeypatch.setattr(train_module, "loader_class", lambda name: Recorded)
+    run_main("--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "4", "--epochs", "3",
+             "--data-loader", "pil", "-j", "1", *stop)  # 3 steps an epoch
+    if not stop:
+        assert events == ["start val", "loop train 1", "start train 2", "loop val",
+                          "start val", "loop train 2", "start train 3", "loop val",
+                          "start val", "loop train 3", "loop val", "close val"], events
+    else:  # stopped at step 5, in epoch 2: validation's start is not taken
+        assert events == ["start val", "loop train 1", "start train 2", "loop val",
+                          "start val", "loop train 2", "close val"], events
