@@ -214,17 +214,18 @@ def _run_ahead(batches, context, items: queue.Queue, stop: threading.Event) -> N
                 pass
         return False
 
-    with context:
-        generator = batches()
-        try:
-            for batch in generator:
-                if not offer((batch, None)):
-                    return
-            offer((_END, None))
-        except BaseException as e:  # the caller raises it, with its traceback
-            offer((None, e))
-        finally:
-            generator.close()
+    try:  # whatever fails here, entering `context` included, reaches the caller: it never waits in vain
+        with context:
+            generator = batches()
+            try:
+                for batch in generator:
+                    if not offer((batch, None)):
+                        return
+                offer((_END, None))
+            finally:
+                generator.close()
+    except BaseException as e:  # the caller raises it, with its traceback
+        offer((None, e))
 
 
 class DaliLoader(PlanLoader):

@@ -283,6 +283,31 @@ def test_running_ahead_raises_the_generators_error_after_its_batches():
     assert got == [0, 1]
 
 
+def test_running_ahead_raises_an_error_from_entering_its_context_instead_of_waiting_forever():
+    class Failing:
+        def __enter__(self):
+            raise RuntimeError("no such device")
+
+        def __exit__(self, *exc):
+            return False
+
+    def batches():
+        yield 0
+
+    outcome = []
+
+    def take():
+        try:
+            list(RunAhead(batches, 2, Failing()))
+        except RuntimeError as e:
+            outcome.append(str(e))
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    taker.join(timeout=30)  # ~1 ms quiet
+    assert outcome == ["no such device"], "the caller waited for a batch the failed thread never sent"
+
+
 @pytest.mark.parametrize("how", ["closed", "garbage-collected"])
 def test_a_caller_that_stops_early_stops_the_thread_which_closes_the_generator(how):
     made, closed_in = [], []
