@@ -185,7 +185,10 @@ class RunAhead:
         if error is not None or batch is _END:
             self.close()
             if error is not None:
-                raise error
+                try:
+                    raise error
+                finally:  # not kept in this frame, which its traceback holds: no cycle keeps the
+                    del error  # generator's frames (a DALI pipeline) alive until a garbage collection
             raise StopIteration
         return batch
 

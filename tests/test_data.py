@@ -1,6 +1,7 @@
 """The DALI pipelines give what the paper's transforms say, in a resumable, seeded order; the PIL loader
 gives the same; both validation layouts label alike."""
 
+import gc
 import os
 import shutil
 import threading
@@ -389,3 +390,20 @@ def test_the_dali_pipeline_runs_outside_the_training_thread(samples, monkeypatch
     plan = val_plan(samples[1])
     assert sum(len(labels) for _, labels in DaliLoader(plan, 2, workers=1)) == len(plan)
     assert ran_in and threading.get_ident() not in ran_in
+
+
+def test_a_failed_dali_loader_leaves_no_pipeline_for_the_garbage_collector(tmp_path):
+    """A DatasetError from the loader's thread must not keep the DALI pipeline alive in a reference cycle: a
+    pipeline left to the garbage collector can be collected in a process forked later (a PIL loader's worker),
+    where DALI's shutdown waits forever for threads the fork did not copy."""
+    from nvidia.dali import Pipeline
+    gc.collect()
+    gc.disable()
+    try:
+        plan = val_plan([(str(tmp_path / "gone.JPEG"), 0)])
+        with pytest.raises(DatasetError, match="gone.JPEG"):
+            list(DaliLoader(plan, 1, workers=1))
+        left = [o for o in gc.get_objects() if issubclass(type(o), Pipeline)]
+    finally:
+        gc.enable()
+    assert not left, f"{len(left)} DALI pipeline(s) kept alive by a reference cycle"
