@@ -18,6 +18,7 @@ import torch
 import kernels
 from bench.common import hbm_floors_ms, measure
 from bench.costs import lrn_costs, pool_costs
+from alexnet.layers import LRN
 from bench.roofline import LRN_POOL_SHAPES
 
 GPU = torch.cuda.is_available()
