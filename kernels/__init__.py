@@ -1,15 +1,21 @@
 """AlexNet's three custom ops behind one interface, with interchangeable backends.
 
-    conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1)   relu(conv2d(x, w) + b)
+    conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1, input_form=False)
+                                                                        relu(conv2d(x, w) + b)
     lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0)                        the paper's LRN (alpha NOT divided by size)
     max_pool2d(x, kernel_size=3, stride=2)                              no padding, floor mode
 
-`backend(name)` returns an object with those three ops as attributes:
+and, for the first layer,
+
+    conv2d_relu_input(x, weight_shape, stride=1, padding=0, groups=1, dtype=None, out=None)
+                                 x as conv2d_relu(..., input_form=True) reads it, made in one pass
+
+`backend(name)` returns an object with those ops as attributes:
   "torch"    F.conv2d + F.relu (cuDNN on a GPU), F.local_response_norm, F.max_pool2d
   "triton"   the project's Triton kernels
   "compile"  the torch ops through torch.compile (Inductor)
 
-The module-level `conv2d_relu`, `lrn` and `max_pool2d` are the Triton ops. Importing this package
+The module-level `conv2d_relu`, `lrn`, `max_pool2d` and `conv2d_relu_input` are the Triton ops. Importing this package
 does no work and imports no Triton: a backend's module is loaded the first time it is asked for.
 """
 
@@ -26,6 +32,7 @@ class Backend:
     conv2d_relu: Callable
     lrn: Callable
     max_pool2d: Callable
+    conv2d_relu_input: Callable
 
 
 # Backend name -> the module that builds it (each exposes `BACKEND`).
@@ -48,9 +55,15 @@ def backend(name: str) -> Backend:
     return _LOADED[name]
 
 
-def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1):
-    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on the Triton kernels."""
-    return backend("triton").conv2d_relu(x, weight, bias, stride, padding, groups)
+def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1, input_form=False):
+    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on the Triton kernels; with `input_form`, x
+    is what conv2d_relu_input made of the images."""
+    return backend("triton").conv2d_relu(x, weight, bias, stride, padding, groups, input_form=input_form)
+
+
+def conv2d_relu_input(x, weight_shape, stride=1, padding=0, groups=1, dtype=None, out=None):
+    """x as the Triton conv2d_relu(..., input_form=True) reads it, in `dtype`, made in one pass (into `out`)."""
+    return backend("triton").conv2d_relu_input(x, weight_shape, stride, padding, groups, dtype=dtype, out=out)
 
 
 def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):

@@ -6,7 +6,7 @@ import triton.language as tl
 
 @triton.jit
 def to_16_bits(x, dtype: tl.constexpr):
-    """fp32 `x` rounded to nearest even in `dtype`. bf16 by hand, on the bits, as torch's cast does it: the same
+    """fp32 `x` rounded to nearest even in `dtype` (fp32: `x` itself). bf16 by hand, on the bits, as torch's cast does it: the same
     result on a GPU and in the interpreter (whose own fp32 -> bf16 conversion rounds ties up)."""
     if dtype == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)

@@ -80,8 +80,8 @@ def pool_launches():
 def conv_launches(batch: int = BATCH, sms: int = SMS):
     """The conv kernels at AlexNet's convolutions, one per usable tile, on channels_last inputs: the loader's
     images for conv1, conv1's output layout (which LRN and max-pool keep) for the rest. conv1 runs in its
-    space-to-depth form, copied from x by one kernel (also built for an NCHW x, a caller's, not the step's),
-    and its weight's by another launch of it.
+    space-to-depth form, copied from x by one kernel (also built for an NCHW x, a caller's, not the step's, and
+    for the step's float16 images, cast to bf16 in the copy), and its weight's by another launch of it.
     The training step runs bf16 or tf32, and never conv1's dgrad (the images need none). MACs and bytes are
     the convolution's own (bench.costs), not its space-to-depth form's."""
     for name, (x_shape, w_shape, stride, padding, groups) in CONVS.items():
@@ -97,9 +97,14 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
             # weight in their layout copies; the forward adds the bias in fp32)
             w = torch.empty(geometry.w_shape, dtype=torch.float32, device="meta")
             b = torch.empty(geometry.K, dtype=torch.float32, device="meta")
-            if geometry.runs_as:  # the launchers' own copies to the space-to-depth form
-                for x_in, layout, step in ((x, "", in_the_step), (x.contiguous(), " NCHW", False)):
-                    x2, copy = conv_launch.space_to_depth_plan(x_in, geometry)
+            if geometry.runs_as:  # the copies to the space-to-depth form: a caller's x (NHWC, NCHW) in the op's
+                # dtype, and the training step's (AlexNet.input_form), which casts the DALI loader's images: for a
+                # bf16 step they are float16 (data.dali.DaliLoader.decoded_dtype)
+                sources = [(x, "", in_the_step and dtype != torch.bfloat16), (x.contiguous(), " NCHW", False)]
+                if dtype == torch.bfloat16:
+                    sources.append((x.to(torch.float16), " from float16", in_the_step))
+                for x_in, layout, step in sources:
+                    x2, copy = conv_launch.space_to_depth_plan(x_in, geometry, dtype)
                     yield f"{label}{layout} space_to_depth", copy.kernel, copy.args, launch_work(
                         name, "space_to_depth", dt, prod(copy.grid), 1, 0, (x.numel() + x2.numel()) * ELEMENT_BYTES[dt],
                         step)

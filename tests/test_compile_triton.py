@@ -51,6 +51,27 @@ def test_compiled_ops_trace_whole_and_match_eager(layout, dtype):
         assert torch.equal(traced, eager), f"[{name}] the compiled graph differs from the eager ops"
 
 
+def test_a_convolution_on_its_input_form_traces_whole_and_matches_eager():
+    """conv2d_relu(..., input_form=True) on conv2d_relu_input's space-to-depth form (conv1's, in the step),
+    through the custom op: the forward and the weight and bias gradients of the eager op, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 13, 14, generator=generator).to(DEVICE, torch.float16)
+    w = (torch.randn(5, 3, 5, 4, generator=generator) / 8).to(DEVICE)
+    b = torch.randn(5, generator=generator).to(DEVICE)
+    form = kernels.conv2d_relu_input(x, w.shape, (2, 3), (1, 2), dtype=torch.bfloat16)
+
+    def conv(form, w, b):
+        return kernels.conv2d_relu(form, w, b, (2, 3), (1, 2), input_form=True)
+    results = []
+    for fn in (conv, compiled(conv)[0]):
+        w_, b_ = w.clone().requires_grad_(), b.clone().requires_grad_()
+        y = fn(form, w_, b_)
+        y.backward(torch.ones_like(y))
+        results.append((y, w_.grad, b_.grad))
+    for name, eager, traced in zip(("y", "dW", "db"), *results):
+        assert torch.equal(traced, eager), f"[{name}] the compiled graph differs from the eager op"
+
+
 @pytest.mark.slow
 def test_the_model_on_triton_compiles_as_one_graph(monkeypatch):
     """torch.compile(AlexNet(kernels="triton"), fullgraph=True): one graph forward, and backward through the

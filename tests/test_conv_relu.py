@@ -515,3 +515,79 @@ def test_dgrad_reads_the_weight_k_contiguous_whatever_its_dtype(dtype):
     _, plan = conv_launch.dgrad_plan(g, torch.empty(16, 8, 3, 3, device="meta"), geometry)
     w = plan.args["w_ptr"]
     assert w.dtype == dtype and w.stride() == (1, 3 * 3 * 16, 3 * 16, 16), w.stride()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The first layer's input form (conv2d_relu_input, input_form=True)
+
+STEP_INPUT = (torch.float16, torch.bfloat16)  # the DALI loader's float16 images, for a bf16 step
+INPUT_FORMS = [  # (x's dtype, the form's): a cast down, a cast up, none
+    STEP_INPUT, (torch.float32, torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+# the small space-to-depth convolutions in every layout and cast; AlexNet's conv1 (~10 s here) as a step has it
+INPUT_FORM_CASES = [(name, layout, dtypes) for name in S2D for layout in ("channels_last", "NCHW", "strided")
+                    for dtypes in INPUT_FORMS] + [("conv1 batch 1", "channels_last", STEP_INPUT)]
+
+
+@pytest.mark.parametrize("name,layout,dtypes", INPUT_FORM_CASES, ids=lambda v: v if isinstance(v, str) else
+                         "->".join(str(t).removeprefix("torch.") for t in v))
+def test_an_input_form_gives_the_convolution_of_the_images_cast(name, layout, dtypes):
+    """conv2d_relu on conv2d_relu_input's form of x (one pass: the space-to-depth copy, cast) equals
+    conv2d_relu on x cast with torch, forward and weight and bias gradients bit for bit, from x in any layout
+    (a strided view of a larger tensor too); the form is the forward's own copy of x.to(dtype)."""
+    if name == "conv1 batch 1":
+        x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+        x_shape, bias = (1, *x_shape), True
+    else:
+        x_shape, w_shape, stride, padding, groups, bias = S2D[name]
+    source, dtype = dtypes
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    x = x.to(source)
+    x = {"channels_last": channels_last(x), "NCHW": x, "strided": channels_last(torch.cat([x, x], 3))[..., ::2]}[layout]
+    form = conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, dtype=dtype)
+    geometry = conv_geometry.conv_geometry(x.shape, w.shape, stride, padding, groups)
+    assert form.shape == geometry.runs_as.x_shape and form.dtype == dtype
+    assert torch.equal(form, conv_launch.kernel_input(x.to(dtype), geometry)), f"[{name}] the form differs"
+    results = []
+    for images, input_form in ((x.to(dtype), False), (form, True)):
+        w_, b_ = w.clone().requires_grad_(), b.clone().requires_grad_() if b is not None else None
+        y = conv2d_relu(images, w_, b_, stride, padding, groups, input_form=input_form)
+        y.backward(gradient_like(y))
+        results.append([y, w_.grad] + ([b_.grad] if b is not None else []))
+    for what, plain, formed in zip(("y", "dW", "db"), *results):
+        assert torch.equal(plain, formed), f"[{name} {layout} {dtypes}] {what} differs on the input form"
+
+
+def test_an_input_form_is_written_into_a_given_buffer_and_checked():
+    x_shape, w_shape, stride, padding, groups = ALEXNET_CONVS["conv1"]
+    x, w, b = make((2, *x_shape), w_shape, True, torch.float32)
+    form = conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, dtype=torch.bfloat16)
+    out = torch.empty_like(form)
+    assert conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, torch.bfloat16, out=out) is out
+    assert torch.equal(out, form)
+    for wrong in (out.float(), out[:1], out.contiguous(), torch.empty(out.shape, dtype=torch.bfloat16)):
+        with pytest.raises(ValueError, match="out must be a torch.channels_last tensor of shape"):
+            conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, torch.bfloat16, out=wrong)
+    with pytest.raises(ValueError, match="an input form .* gets no gradient"):
+        conv2d_relu(form.requires_grad_(), w, b, stride, padding, groups, input_form=True)
+    with pytest.raises(ValueError, match=r"x of shape \(2, 47, 57, 57\) is given as an input form, but it is not"):
+        conv2d_relu(form.detach()[:, :47], w, b, stride, padding, groups, input_form=True)
+    with pytest.raises(TypeError, match="conv2d_relu_input: dtype torch.int32"):
+        conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, dtype=torch.int32)
+
+
+def test_without_space_to_depth_the_input_form_is_the_input_cast():
+    """A convolution that runs on x itself: its input form is x cast (into `out`, any layout), and
+    input_form=True changes nothing, input gradient included."""
+    x_shape, w_shape, stride, padding, groups, bias = ODD["3x3"]
+    x, w, b = make(x_shape, w_shape, bias, torch.float32)
+    form = conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, dtype=torch.float16)
+    assert torch.equal(form, x.half())
+    out = channels_last(torch.empty_like(form))
+    assert conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, torch.float16, out=out) is out
+    assert torch.equal(out, x.half())
+    check("3x3 as input form", x, w, b, stride, padding, groups)  # the plain path, for the reference
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    ys = [conv2d_relu(xi, w, b, stride, padding, groups, input_form=as_form) for xi, as_form in zip(xs, (False, True))]
+    for y in ys:
+        y.backward(gradient_like(y))
+    assert torch.equal(ys[0], ys[1]) and torch.equal(xs[0].grad, xs[1].grad)

@@ -29,7 +29,10 @@ rows by h mod sh (and columns by v mod sw) gives sh*sw dense sub-convolutions wi
 taps each, so no work is spent on taps that miss.
 
 Space-to-depth: a strided convolution over few channels (AlexNet's conv1: 3 channels, 11x11, stride 4) runs
-as the stride-1 convolution it equals, over 48 channels of 3x3 taps (space_to_depth.py).
+as the stride-1 convolution it equals, over 48 channels of 3x3 taps (space_to_depth.py). Its input is a copy
+of x in that form, made by the forward, or beforehand by conv2d_relu_input (in any dtype, into a given buffer:
+the pass that casts a loader's images, or copies them into a CUDA graph's input, makes it) and passed with
+input_form=True.
 
 Layout: the window index is (r, s, c) with c fastest and tensors are addressed through their strides, so
 any layout is correct and NHWC (channels_last) is the fast one: there an im2col row reads channels
@@ -53,4 +56,4 @@ the autograd Function).
 """
 
 from kernels.conv_relu.launch import (ConvReLU, conv2d_relu, conv2d_relu_bwd, conv2d_relu_dgrad,  # noqa: F401
-                                      conv2d_relu_fwd, conv2d_relu_wgrad)
+                                      conv2d_relu_fwd, conv2d_relu_input, conv2d_relu_wgrad)

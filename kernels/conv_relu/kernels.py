@@ -75,9 +75,8 @@ def space_to_depth_kernel(
     INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """x2[n, (i*S2D_W + j)*C + c, h, v] = x[n, c, h*S2D_H + i - PAD_H, v*S2D_W + j - PAD_W], 0 outside x: the
-    space-to-depth form's input (space_to_depth.py) in one pass, a tile of [pixels, all their channels]. With
-    no padding, the weight's form too (n the filter, (h, v) the tap), cast from fp32 to x2's dtype as torch
-    casts."""
+    space-to-depth form's input (space_to_depth.py) in one pass, a tile of [pixels, all their channels], cast to
+    x2's dtype as torch casts. With no padding, the weight's form too (n the filter, (h, v) the tap)."""
     C2: tl.constexpr = S2D_H * S2D_W * C
     pixel = _program_id(0, INDEX_64) * BLOCK_P + tl.arange(0, BLOCK_P)
     n, h, v = _split_pixels(pixel, ROWS, COLS)
@@ -89,8 +88,8 @@ def space_to_depth_kernel(
     ok = (pixel < PIXELS)[:, None] & (c2 < C2)[None, :]
     x_off = (n * sx_n + top * sx_h + left * sx_w)[:, None] + (i * sx_h + j * sx_w + c * sx_c)[None, :]
     value = tl.load(x_ptr + x_off, mask=ok & _inside(row, col, H, W), other=0.0)
-    if x2_ptr.dtype.element_ty != x_ptr.dtype.element_ty:
-        value = to_16_bits(value, x2_ptr.dtype.element_ty)
+    if x2_ptr.dtype.element_ty != x_ptr.dtype.element_ty:  # through fp32, which holds every 16-bit value
+        value = to_16_bits(value.to(tl.float32), x2_ptr.dtype.element_ty)
     tl.store(x2_ptr + (pixel * C2)[:, None] + c2[None, :], value, mask=ok)
 
 

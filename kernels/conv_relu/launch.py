@@ -23,8 +23,8 @@ from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
 from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, space_to_depth_kernel, wgrad_kernel
 from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
-from kernels.tensors import FLOAT_DTYPES, cdiv, check_device, check_image_offsets, launch, layouts_need_int64, \
-    next_power_of_2, shapes_only
+from kernels.tensors import FLOAT_DTYPES, cdiv, check_activation, check_device, check_image_offsets, launch, \
+    layouts_need_int64, next_power_of_2, shapes_only
 
 MASK_TILE = 4096  # elements per program of the ReLU-mask kernel
 S2D_TILE = 2048  # elements of x2 per program of the space-to-depth copy (its channels padded to a power of 2)
@@ -97,10 +97,12 @@ def _mask_constants(shape, strides, bias: bool):
                       BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
 
 
-def space_to_depth_plan(x, geometry: ConvGeometry):
-    """(x2, Launch): the input of `geometry`'s space-to-depth form (space_to_depth.py), channels_last, written in
-    one pass over x (its padding zeroed, what no window reaches left out)."""
-    x2 = torch.empty(geometry.runs_as.x_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+def space_to_depth_plan(x, geometry: ConvGeometry, dtype: torch.dtype | None = None, out=None):
+    """(x2, Launch): the input of `geometry`'s space-to-depth form (space_to_depth.py), channels_last, in `dtype`
+    (x's by default; cast as torch casts), written in one pass over x (its padding zeroed, what no window reaches
+    left out) into `out` if given (checked by the caller)."""
+    x2 = out if out is not None else torch.empty(geometry.runs_as.x_shape, device=x.device, dtype=dtype or x.dtype,
+                                                 memory_format=torch.channels_last)
     grid, constants = _space_to_depth_constants(geometry, x.stride())
     return x2, Launch(space_to_depth_kernel, grid, dict(constants, x_ptr=x, x2_ptr=x2))
 
@@ -225,15 +227,67 @@ def _check(x, weight, bias):
     check_device("conv2d_relu", "x", x)
 
 
-def kernel_input(x, geometry: ConvGeometry):
+def kernel_input(x, geometry: ConvGeometry, input_form: bool = False):
     """The x the forward and wgrad kernels read: x itself, or its space-to-depth copy where the convolution runs
-    as that form (made once by the autograd Function's forward and kept for wgrad)."""
-    if not geometry.runs_as:
+    as that form (made once by the autograd Function's forward and kept for wgrad), unless `input_form` says x
+    is that copy already (conv2d_relu_input's)."""
+    if not geometry.runs_as or input_form:
         return x
     x2, plan = space_to_depth_plan(x, geometry)
     if x2.numel():
         plan.start(x.device)
     return x2
+
+
+def conv2d_relu_input(x, weight_shape, stride=1, padding=0, groups=1, dtype=None, out=None):
+    """x as conv2d_relu(..., input_form=True) reads it, in `dtype` (x's by default, cast as torch casts), made in
+    one pass: where the convolution runs as its space-to-depth form (AlexNet's conv1), that form's input
+    ((N, 48, 57, 57) channels_last for conv1), else x itself cast. Written into `out` if given (it must have the
+    shape, dtype and layout this would return). So a loader's cast, or the copy into a CUDA graph's input
+    buffer, can be the one pass the first layer's input takes. No gradient reaches x through it."""
+    check_activation("conv2d_relu_input", "x", x)
+    dtype = dtype or x.dtype
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"conv2d_relu_input: dtype {dtype}; supported: float16, bfloat16, float32")
+    check_image_offsets("conv2d_relu_input", "x", x)
+    geometry = conv_geometry(x.shape, weight_shape, stride, padding, groups)
+    if not geometry.runs_as:
+        if out is None:
+            return x.to(dtype)
+        _check_out(out, x.shape, dtype, x.device, torch.contiguous_format, torch.channels_last)
+        return out.copy_(x)
+    if out is not None:
+        _check_out(out, geometry.runs_as.x_shape, dtype, x.device, torch.channels_last)
+    x2, plan = space_to_depth_plan(x, geometry, dtype, out)
+    if x2.numel():
+        plan.start(x.device)
+    return x2
+
+
+def _check_out(out, shape, dtype, device, *layouts):
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) or out.dtype != dtype or \
+            out.device != device or not any(out.is_contiguous(memory_format=layout) for layout in layouts):
+        described = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else \
+            type(out).__name__
+        raise ValueError(f"conv2d_relu_input: out must be a {' or '.join(map(str, layouts))} tensor of shape "
+                         f"{tuple(shape)}, {dtype}, on {device}; got {described}")
+
+
+def _geometry_of(x, weight_shape, stride, padding, groups, input_form: bool) -> ConvGeometry:
+    """The convolution's geometry, from x, or with `input_form` from the input form x is
+    (conv2d_relu_input's): the space-to-depth form's input, whose image rows the convolution's output rows
+    give (its height taken as the smallest that gives them: the form is the same for all)."""
+    if not input_form or x.shape[1] == weight_shape[1] * groups:
+        return conv_geometry(x.shape, weight_shape, stride, padding, groups)
+    (_, channels, R, S), (sh, sw), (ph, pw) = weight_shape, pair(stride, "stride"), pair(padding, "padding")
+    P, Q = x.shape[2] - (-(-R // sh)) + 1, x.shape[3] - (-(-S // sw)) + 1
+    image = (x.shape[0], channels * groups, (P - 1) * sh + R - 2 * ph, (Q - 1) * sw + S - 2 * pw)
+    geometry = conv_geometry(image, weight_shape, stride, padding, groups) if min(P, Q, *image[2:]) > 0 else None
+    if geometry is None or geometry.runs_as is None or geometry.runs_as.x_shape != tuple(x.shape):
+        raise ValueError(f"conv2d_relu: x of shape {tuple(x.shape)} is given as an input form, but it is not one "
+                         f"for a weight of shape {tuple(weight_shape)} with stride {stride} and padding {padding} "
+                         f"(conv2d_relu_input makes it)")
+    return geometry
 
 
 def _forward(x_in, weight, bias, geometry: ConvGeometry):
@@ -278,11 +332,12 @@ def _wgrad(g_masked, x_in, geometry: ConvGeometry):
     return space_to_depth.from_weight_grad(dw, geometry) if geometry.runs_as else dw
 
 
-def conv2d_relu_fwd(x, weight, bias=None, stride=1, padding=0, groups=1):
-    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)), returned channels_last."""
+def conv2d_relu_fwd(x, weight, bias=None, stride=1, padding=0, groups=1, input_form=False):
+    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)), returned channels_last; with `input_form`,
+    x is conv2d_relu_input's form of the images."""
     _check(x, weight, bias)
-    geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
-    return _forward(kernel_input(x, geometry), weight, bias, geometry)
+    geometry = _geometry_of(x, weight.shape, stride, padding, groups, input_form)
+    return _forward(kernel_input(x, geometry, input_form), weight, bias, geometry)
 
 
 def conv2d_relu_dgrad(dy, y, weight, x_shape, stride=1, padding=0, groups=1):
@@ -307,10 +362,17 @@ def _backward(dy, y, x_in, weight, geometry: ConvGeometry, needs=(True, True, Tr
     return dx, dw, db.to(weight.dtype) if needs[2] else None
 
 
-def conv2d_relu_bwd(dy, y, x, weight, stride=1, padding=0, groups=1, needs=(True, True, True)):
+def conv2d_relu_bwd(dy, y, x, weight, stride=1, padding=0, groups=1, needs=(True, True, True), input_form=False):
     """(dx, dweight, dbias) of conv2d_relu; `needs` says which of the three to compute (None otherwise)."""
-    geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
-    return _backward(dy, y, kernel_input(x, geometry) if needs[1] else None, weight, geometry, needs)
+    geometry = _geometry_of(x, weight.shape, stride, padding, groups, input_form)
+    _no_input_gradient(geometry, input_form, needs[0])
+    return _backward(dy, y, kernel_input(x, geometry, input_form) if needs[1] else None, weight, geometry, needs)
+
+
+def _no_input_gradient(geometry: ConvGeometry, input_form: bool, needed: bool) -> None:
+    if needed and input_form and geometry.runs_as:
+        raise ValueError("conv2d_relu: an input form (conv2d_relu_input's copy) gets no gradient; give the "
+                         "images themselves to differentiate with respect to them")
 
 
 class ConvReLU(torch.autograd.Function):
@@ -319,10 +381,11 @@ class ConvReLU(torch.autograd.Function):
     computed once in the forward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, groups):
+    def forward(ctx, x, weight, bias, stride, padding, groups, input_form):
         _check(x, weight, bias)
-        ctx.geometry = conv_geometry(x.shape, weight.shape, stride, padding, groups)
-        x_in = kernel_input(x, ctx.geometry)
+        ctx.geometry = _geometry_of(x, weight.shape, stride, padding, groups, input_form)
+        _no_input_gradient(ctx.geometry, input_form, ctx.needs_input_grad[0])
+        x_in = kernel_input(x, ctx.geometry, input_form)
         y = _forward(x_in, weight, bias, ctx.geometry)
         ctx.save_for_backward(x_in, weight, y)
         return y
@@ -332,19 +395,20 @@ class ConvReLU(torch.autograd.Function):
     def backward(ctx, dy):
         x_in, weight, y = ctx.saved_tensors
         dx, dw, db = _backward(dy, y, x_in, weight, ctx.geometry, needs=ctx.needs_input_grad[:3])
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 @torch.library.custom_op("alexnet::conv2d_relu", mutates_args=())
 def conv2d_relu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
-                   padding: list[int], groups: int) -> torch.Tensor:
-    return conv2d_relu_fwd(x, weight, bias, stride, padding, groups)
+                   padding: list[int], groups: int, input_form: bool) -> torch.Tensor:
+    return conv2d_relu_fwd(x, weight, bias, stride, padding, groups, input_form)
 
 
 def _needed_gradients(dy: torch.Tensor, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
-                      padding: list[int], groups: int, needs: list[bool]) -> list[torch.Tensor]:
+                      padding: list[int], groups: int, input_form: bool, needs: list[bool]) -> list[torch.Tensor]:
     """The gradients `needs` asks for, of (x, weight, bias), in that order."""
-    return [grad for grad in conv2d_relu_bwd(dy, y, x, weight, stride, padding, groups, needs) if grad is not None]
+    return [grad for grad in conv2d_relu_bwd(dy, y, x, weight, stride, padding, groups, needs, input_form)
+            if grad is not None]
 
 
 conv2d_relu_backward_op = torch.library.custom_op("alexnet::conv2d_relu_backward", mutates_args=())(_needed_gradients)
@@ -353,23 +417,25 @@ conv2d_relu_backward_op.register_fake(shapes_only(_needed_gradients))
 
 
 def _save(ctx, inputs, output):
-    x, weight, bias, stride, padding, groups = inputs
+    x, weight, bias, stride, padding, groups, input_form = inputs
     ctx.save_for_backward(x, weight, output)
-    ctx.geometry, ctx.has_bias = (stride, padding, groups), bias is not None
+    ctx.geometry, ctx.has_bias = (stride, padding, groups, input_form), bias is not None
 
 
 def _gradients(ctx, dy):
     x, weight, y = ctx.saved_tensors
     needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     grads = iter(conv2d_relu_backward_op(dy, y, x, weight, *ctx.geometry, needs))
-    return (*(next(grads) if need else None for need in needs), None, None, None)
+    return (*(next(grads) if need else None for need in needs), None, None, None, None)
 
 
 conv2d_relu_op.register_autograd(_gradients, setup_context=_save)
 
 
-def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1):
-    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on Triton kernels, autograd included."""
+def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1, input_form=False):
+    """relu(conv2d(x, weight, bias, stride, padding, groups=groups)) on Triton kernels, autograd included. With
+    `input_form`, x is conv2d_relu_input(images, weight.shape, ...)'s form of the images (no gradient for it)."""
     if torch.compiler.is_compiling():
-        return conv2d_relu_op(x, weight, bias, list(pair(stride, "stride")), list(pair(padding, "padding")), groups)
-    return ConvReLU.apply(x, weight, bias, stride, padding, groups)
+        return conv2d_relu_op(x, weight, bias, list(pair(stride, "stride")), list(pair(padding, "padding")), groups,
+                              input_form)
+    return ConvReLU.apply(x, weight, bias, stride, padding, groups, input_form)
