@@ -80,15 +80,27 @@ class AlexNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return master_weights.linear(layer, x, self.copy_of, relu)
 
-    def _conv(self, layer: nn.Conv2d, x):
-        return self.ops.conv2d_relu(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.groups)
+    def _conv(self, layer: nn.Conv2d, x, input_form: bool = False):
+        return self.ops.conv2d_relu(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.groups,
+                                    input_form=input_form)
 
-    def forward(self, x: torch.Tensor, activations: dict | None = None) -> torch.Tensor:
-        """Logits for a batch of (N, 3, 227, 227) images. Pass a dict as `activations` to have
-        every named stage's output put in it (conv1..conv5 after ReLU, pool1/2/5, fc6/7, fc8)."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"AlexNet expects images of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}), "
-                             f"got {tuple(x.shape)}")
+    def input_form(self, images: torch.Tensor, dtype: torch.dtype | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+        """`images` as conv1 reads them, in `dtype` (theirs by default), made in one pass, into `out` if given:
+        on --kernels triton conv1's space-to-depth input (kernels.conv2d_relu_input), elsewhere the images cast.
+        forward(..., input_form=True) takes it. So the cast of a loader's images, or their copy into a CUDA
+        graph's input buffer, is the only pass they take before conv1."""
+        _check_images(images)
+        conv1 = self.conv1
+        return self.ops.conv2d_relu_input(images, conv1.weight.shape, conv1.stride, conv1.padding, conv1.groups,
+                                          dtype=dtype, out=out)
+
+    def forward(self, x: torch.Tensor, activations: dict | None = None, input_form: bool = False) -> torch.Tensor:
+        """Logits for a batch of (N, 3, 227, 227) images, or with `input_form` for what input_form(images)
+        made of them (no gradient reaches the images then). Pass a dict as `activations` to have every named
+        stage's output put in it (conv1..conv5 after ReLU, pool1/2/5, fc6/7, fc8)."""
+        if not input_form:
+            _check_images(x)
         keep = activations.__setitem__ if activations is not None else lambda name, t: None
 
         def stage(name, t):
@@ -97,7 +109,7 @@ class AlexNet(nn.Module):
 
         ops = self.ops
         norm = (lambda t: ops.lrn(t, **LRN)) if self.options["lrn"] else (lambda t: t)
-        x = stage("conv1", self._conv(self.conv1, x))
+        x = stage("conv1", self._conv(self.conv1, x, input_form))
         x = stage("pool1", ops.max_pool2d(norm(x), **self.pool))
         x = stage("conv2", self._conv(self.conv2, x))
         x = stage("pool2", ops.max_pool2d(norm(x), **self.pool))
@@ -108,3 +120,8 @@ class AlexNet(nn.Module):
         x = stage("fc6", self._linear(self.fc6, self.dropout(torch.flatten(x, 1)), relu=True))
         x = stage("fc7", self._linear(self.fc7, self.dropout(x), relu=True))
         return stage("fc8", self._linear(self.fc8, x))
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if x.dim() != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+        raise ValueError(f"AlexNet expects images of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}), got {tuple(x.shape)}")

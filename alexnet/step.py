@@ -31,8 +31,11 @@ class TrainStep:
     sum (loss x batch), top-1 hits, the last step's loss, the epoch's step number, and the first step of
     the epoch whose loss was not finite (0 if none) with that loss."""
 
-    def __init__(self, net, optimizer, scaler, autocast, device: torch.device):
+    def __init__(self, net, optimizer, scaler, autocast, device: torch.device, input_form=None):
         self.net, self.optimizer, self.scaler, self.autocast = net, optimizer, scaler, autocast
+        # input_form(images, out=None): the first layer's input made from a batch's images in one pass
+        # (AlexNet.input_form in the step's dtype), which `net` reads with input_form=True; None: the images
+        self.input_form = input_form
         self.totals = torch.zeros(6, dtype=torch.float64, device=device)
 
     def start_epoch(self, step: int, loss_sum: float, hits: int) -> None:
@@ -40,8 +43,19 @@ class TrainStep:
         self.totals.copy_(torch.tensor([loss_sum, hits, 0.0, step, 0.0, 0.0], dtype=torch.float64))
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.run(self.inputs(images), labels)
+
+    def inputs(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """What `net` reads for a batch of `images` (written into `out` if given): their input form, or the
+        images themselves."""
+        if self.input_form is not None:
+            return self.input_form(images, out=out)
+        return images if out is None else out.copy_(images)
+
+    def run(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """The step on what inputs() made of a batch."""
         with self.autocast():
-            logits = self.net(images)
+            logits = self.net(inputs, input_form=True) if self.input_form is not None else self.net(inputs)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -90,14 +104,17 @@ def training_step(model, net, runner, device: torch.device, amp: str, lr: float,
     """The trainer's step: `runner` (`net` itself, or compiled) on batches, the one-pass SGD (alexnet.optim)
     updating `net`'s parameters (`model`'s, or under torchrun this rank's tower's) and, for a 16-bit run,
     writing the 16-bit copies of the weights that `model`'s fully connected layers read (the convs of
-    --kernels triton read the fp32 weights themselves)."""
+    --kernels triton read the fp32 weights themselves). When `runner` is `model`, each batch's images become
+    conv1's input (AlexNet.input_form) in the step's dtype, in one pass."""
     copy_dtype = AMP_DTYPES.get(amp)
     optimizer = optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                           copy_dtype=copy_dtype)
     if copy_dtype is not None:
         model.read_copies(optimizer.copy_of)
     autocast, scaler = mixed_precision(amp, device)
-    return TrainStep(runner, optimizer, scaler, autocast, device)
+    # the first layer's input made in the pass that casts the images (not through torch.compile, towers or DDP)
+    input_form = functools.partial(model.input_form, dtype=copy_dtype or torch.float32) if runner is model else None
+    return TrainStep(runner, optimizer, scaler, autocast, device, input_form)
 
 
 def capture_blockers(step: TrainStep, device: torch.device, distributed: bool) -> str | None:
@@ -116,7 +133,8 @@ def capture_blockers(step: TrainStep, device: torch.device, distributed: bool) -
 
 class CapturedStep:
     """`step` run eagerly for `warmup` steps, then captured as one CUDA graph and replayed: each call
-    copies the batch into static input buffers and launches the graph. A batch of another shape (the
+    writes the batch into static input buffers (the images as step.inputs makes them: for AlexNet conv1's
+    input form, so that copy is their only pass) and launches the graph. A batch of another shape (the
     graph's are fixed) runs eagerly. `graph_factory` and `capture` are CUDA's (torch.cuda.CUDAGraph,
     torch.cuda.graph, thread-local); tests pass stand-ins to drive the same logic on a CPU."""
 
@@ -127,11 +145,11 @@ class CapturedStep:
         # thread_local: the loader's own threads (DALI's) keep working on the GPU while this thread captures
         self.capture = capture or functools.partial(torch.cuda.graph, capture_error_mode="thread_local")
         self.side_stream = side_stream  # the warm-up's stream: torch asks for one other than the default
-        self.graph, self.images, self.labels = None, None, None
+        self.graph, self.images_shape, self.inputs, self.labels = None, None, None, None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.graph is not None and images.shape == self.images.shape and labels.shape == self.labels.shape:
-            self.images.copy_(images)
+        if self.graph is not None and images.shape == self.images_shape and labels.shape == self.labels.shape:
+            self.step.inputs(images, out=self.inputs)  # the images' one pass before conv1 (TrainStep.inputs)
             self.labels.copy_(labels)
             self.graph.replay()
             return
@@ -140,11 +158,13 @@ class CapturedStep:
             with self._on_side_stream():
                 self.step(images, labels)
             return
-        # images and labels are the loader's, reused by it: the graph reads copies it owns
-        self.images, self.labels = images.clone(), labels.clone()
+        # images and labels are the loader's, reused by it: the graph reads buffers it owns
+        inputs = self.step.inputs(images)
+        self.images_shape, self.inputs = images.shape, inputs.clone() if inputs is images else inputs
+        self.labels = labels.clone()
         self.graph = self.graph_factory()
         with self.capture(self.graph):
-            self.step(self.images, self.labels)
+            self.step.run(self.inputs, self.labels)
         self.graph.replay()  # capturing recorded this step without running it
 
     @contextlib.contextmanager

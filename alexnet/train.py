@@ -580,8 +580,10 @@ class Run:
         config = self.config
         plan = train_plan(self.data.train, config.batch_size, config.seed, epoch, lighting_std=config.lighting_std,
                           **self.layout.shard())
-        return Loader(plan, config.batch_size, self.layout.device, config.workers, start_batch,
-                      AMP_DTYPES.get(config.amp, torch.float32))  # --amp's dtype: no cast before conv1
+        dtype = AMP_DTYPES.get(config.amp, torch.float32)  # --amp's: no cast before conv1, or
+        if self.train_step.input_form is not None:  # the images as decoded: the step's input form casts them
+            dtype = Loader.decoded_dtype(dtype)
+        return Loader(plan, config.batch_size, self.layout.device, config.workers, start_batch, dtype)
 
     def fit(self, val_loader, Loader) -> dict | None:
         """Epochs until --epochs or --max-steps; after each, validate, save, and log a line of metrics. On a

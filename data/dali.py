@@ -13,7 +13,8 @@ Decoding runs on the GPU ("mixed": nvJPEG, with the share of the hardware JPEG d
 the loader's device is CUDA, on the CPU otherwise. Images come out on the 0..255 scale minus the
 per-channel mean (no division by a std), in the dtype asked for (float32; float16 or bfloat16 for
 mixed precision: DALI writes float16, and bfloat16 is cast from it on the loader's device, as DALI has
-no bfloat16) and in channels_last memory (NCHW shape, NHWC strides), the layout conv1 reads.
+no bfloat16; a bf16 training step asks for float16 and casts the images itself, in the pass that makes
+conv1's input: `decoded_dtype`) and in channels_last memory (NCHW shape, NHWC strides).
 
 Reading and checking the files runs in worker processes (DALI's parallel external source), and DALI's
 pipeline in a thread of the loader's own (`RunAhead`), never in the training thread: it only takes
@@ -291,6 +292,11 @@ class DaliLoader(PlanLoader):
             images = images.permute(0, 1, 4, 2, 3) if self.plan.ten_crop else images.permute(0, 3, 1, 2)
             yield images.to(self.dtype), out["labels"].view(-1).to(self.device)
             batch += 1
+
+    @staticmethod
+    def decoded_dtype(dtype: torch.dtype) -> torch.dtype:
+        """DALI writes 16-bit images in float16 (bfloat16 is cast from it on the device): float16 for either."""
+        return torch.float16 if dtype in (torch.float16, torch.bfloat16) else dtype
 
     def _readers(self) -> int:
         return -(-self.workers // THREADS_PER_READER)

@@ -75,3 +75,18 @@ def test_wrong_input_size_is_a_clear_error():
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown kernels backend 'cudnn'"):
         AlexNet(kernels="cudnn")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_the_input_form_gives_the_logits_of_the_images(backend):
+    """forward(input_form(images), input_form=True) is forward(images cast): on triton the form is conv1's
+    space-to-depth input (made and cast in one pass), elsewhere the cast images."""
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=10, kernels=backend).eval()
+    images = torch.randn(1, 3, 227, 227).half().contiguous(memory_format=torch.channels_last)  # DALI's
+    form = model.input_form(images, dtype=torch.float32)
+    assert form.shape == ((1, 48, 57, 57) if backend == "triton" else images.shape) and form.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model(form, input_form=True), model(images.float()))
+    with pytest.raises(ValueError, match=r"\(N, 3, 227, 227\), got \(1, 3, 224, 224\)"):
+        model.input_form(torch.randn(1, 3, 224, 224))

@@ -36,14 +36,20 @@ class TinyNet(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 4, 3)
         self.fc = torch.nn.Linear(4 * 6 * 6, 5)
 
-    def forward(self, x):
+    def forward(self, x, input_form=False):
         return self.fc(torch.nn.functional.dropout(self.conv(x).relu().flatten(1), 0.5, self.training))
 
+    @staticmethod
+    def input_form(images, out=None):
+        """AlexNet.input_form's stand-in: the images in another layout, written by one copy."""
+        return images.contiguous(memory_format=torch.channels_last) if out is None else out.copy_(images)
 
-def make_step(net, lr=0.1):
+
+def make_step(net, lr=0.1, input_form=False):
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return TrainStep(net, optimizer, scaler, contextlib.nullcontext, torch.device("cpu"))
+    return TrainStep(net, optimizer, scaler, contextlib.nullcontext, torch.device("cpu"),
+                     net.input_form if input_form else None)
 
 
 def batches(n, size=4, seed=0):
@@ -112,17 +118,21 @@ class FakeGraph:
 
 
 class Recording:
-    """A step that records itself into the graph being captured instead of running, like CUDA's capture."""
+    """A step whose run() records itself into the graph being captured instead of running, like CUDA's capture."""
 
     def __init__(self, step):
         self.step, self.capturing, self.eager_calls = step, None, 0
 
     def __call__(self, images, labels):
-        if self.capturing is not None:
-            self.capturing.recorded = lambda: self.step(images, labels)
-            return
         self.eager_calls += 1
         self.step(images, labels)
+
+    def inputs(self, images, out=None):
+        return self.step.inputs(images, out)
+
+    def run(self, inputs, labels):
+        assert self.capturing is not None, "only the capture runs the step on prepared inputs"
+        self.capturing.recorded = lambda: self.step.run(inputs, labels)
 
     @contextlib.contextmanager
     def capture(self, graph):
@@ -131,10 +141,13 @@ class Recording:
         self.capturing = None
 
 
-def test_the_graph_replays_on_its_static_buffers_and_equals_eager_steps():
+@pytest.mark.parametrize("input_form", [False, True], ids=["images", "input-form"])
+def test_the_graph_replays_on_its_static_buffers_and_equals_eager_steps(input_form):
+    """With an input form (AlexNet's on --kernels triton), the static buffer is that form, written by the step's
+    own input pass: the images take no other copy."""
     torch.manual_seed(0)
     net = TinyNet()
-    eager, graphed = make_step(copy.deepcopy(net)), make_step(net)
+    eager, graphed = make_step(copy.deepcopy(net), input_form=input_form), make_step(net, input_form=input_form)
     recording = Recording(graphed)
     captured = CapturedStep(recording, warmup=2, graph_factory=FakeGraph, capture=recording.capture)
     data = batches(7) + batches(1, size=3, seed=9)  # the last batch is ragged: it runs eagerly
@@ -144,12 +157,13 @@ def test_the_graph_replays_on_its_static_buffers_and_equals_eager_steps():
         for images, labels in data:
             step(images, labels)
             if step is captured and captured.graph is not None:
-                buffers.add((captured.images.data_ptr(), captured.labels.data_ptr()))
+                buffers.add((captured.inputs.data_ptr(), captured.labels.data_ptr()))
     assert recording.eager_calls == 2 + 1, "warm-up steps and the ragged batch run eagerly"
     assert captured.graph.replays == 7 - 2, "the capture's own step and every later one replay the graph"
     assert len(buffers) == 1, "the static input buffers moved"
-    assert captured.images.data_ptr() not in {images.data_ptr() for images, _ in data}, \
+    assert captured.inputs.data_ptr() not in {images.data_ptr() for images, _ in data}, \
         "the graph reads the loader's own tensor, which the loader reuses"
+    assert captured.inputs.is_contiguous(memory_format=torch.channels_last) == input_form
     for (name, a), b in zip(eager.net.state_dict().items(), graphed.net.state_dict().values()):
         assert torch.equal(a, b), f"[{name}] eager and replayed steps differ"
     assert eager.read() == graphed.read()
@@ -208,3 +222,24 @@ def test_compile_trains_the_whole_network_and_saves_the_plain_model(tiny_data, t
     state = checkpoint.load(tmp_path / "checkpoint.pth")
     assert set(state["model"]) == set(AlexNet(num_classes=3).state_dict()), sorted(state["model"])[:3]
     assert state["args"]["compile"] is True
+
+
+@pytest.mark.parametrize("loader,amp,handed", [("dali", "bf16", torch.float16), ("pil", "bf16", torch.bfloat16),
+                                               ("dali", "none", torch.float32)])
+def test_the_trainer_hands_the_step_images_as_decoded_and_the_step_casts_them_in_the_input_form(
+        tiny_data, tmp_path, monkeypatch, loader, amp, handed):
+    """The DALI loader's 16-bit images are float16 (DALI has no bfloat16): for a bf16 step it hands them uncast,
+    and the step's input form (AlexNet.input_form: conv1's input) casts them in the pass it makes anyway. PIL
+    casts on the host, before the copy to the device, so it still hands --amp's dtype."""
+    from alexnet.train import get_args_parser, main
+    seen = []
+    inputs = TrainStep.inputs
+
+    def recording(step, images, out=None):
+        form = inputs(step, images, out)
+        seen.append((images.dtype, form.dtype))
+        return form
+    monkeypatch.setattr(TrainStep, "inputs", recording)
+    main(get_args_parser().parse_args(["--data-path", str(tiny_data), "--output-dir", str(tmp_path), "-b", "4",
+                                       "-j", "1", "--max-steps", "1", "--data-loader", loader, "--amp", amp]))
+    assert seen == [(handed, {"bf16": torch.bfloat16, "none": torch.float32}[amp])], seen
