@@ -426,12 +426,19 @@ def trainer_step(backend: str, amp: str, batch: int, compile_model: bool = False
     model = AlexNet(1000, kernels="torch" if backend == "compile" else backend)
     if backend == "compile":  # kernels.compile_ops: the torch ops, each compiled, autocast outside the graph
         model.ops = Backend("compile", *(autocast_inputs(regions.wrap(op)) for op in
-                                         (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)))
+                                         (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)),
+                            torch_ops.conv2d_relu_input)
     run = Run(config, distributed.Layout(0, 1, 1, torch.device("cpu")), model, data=None)
     step = run.train_step
-    if compile_model:  # alexnet.train --compile: torch.compile(net)
-        step.net = regions.wrap(step.net)
-    images = torch.randn(batch, 3, 227, 227, dtype=torch.bfloat16 if amp == "bf16" else torch.float32)
+    if compile_model:  # alexnet.train --compile: torch.compile(net), which takes the images as they are
+        step.net, step.input_form = regions.wrap(step.net), None
+    # the images as the trainer's DALI loader hands them, channels_last in --amp's dtype, or as decoded when the
+    # step casts them
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
+    if step.input_form is not None:
+        from data.dali import DaliLoader
+        dtype = DaliLoader.decoded_dtype(dtype)
+    images = torch.randn(batch, 3, 227, 227, dtype=dtype).contiguous(memory_format=torch.channels_last)
     return step, images, torch.randint(0, 1000, (batch,)), regions
 
 
