@@ -900,7 +900,7 @@ def dali_step(run) -> list[dict]:
     captured as a CUDA graph after its warm-up steps while the loader's own thread keeps the pipeline going."""
     from bench.common import usable_cpus
     from bench.test_data_pipeline import first_batch
-    from bench.test_train_step import make_step
+    from bench.test_train_step import images_dtype, make_step
 
     plan, device = run.plan, run.device
     batches_plan, p = embedded_plan(run), plan["dali_step"]
@@ -911,7 +911,7 @@ def dali_step(run) -> list[dict]:
         try:
             step = make_step(backend, p["amp"], device, plan["data"]["batch"], graph=row["graph"])
             batches, row["startup_s"] = first_batch(batches_plan, "dali", device.type, usable_cpus(),
-                                                    plan["data"]["batch"])
+                                                    plan["data"]["batch"], images_dtype(p["amp"]))
             step()
             synchronize(device)
             start, images = time.perf_counter(), 0

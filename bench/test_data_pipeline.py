@@ -69,10 +69,10 @@ def make_plans(root, per_class=PER_CLASS // 2, repeat=REPEAT, batch=BATCH) -> di
     return plans
 
 
-def first_batch(plan, loader, device, workers=WORKERS, batch=BATCH):
+def first_batch(plan, loader, device, workers=WORKERS, batch=BATCH, dtype=torch.float32):
     """(the loader's batch iterator, seconds to its first batch): building the pipeline or starting the workers."""
     start = time.perf_counter()
-    batches = iter({"dali": DaliLoader, "pil": PilLoader}[loader](plan, batch, device, workers))
+    batches = iter({"dali": DaliLoader, "pil": PilLoader}[loader](plan, batch, device, workers, dtype=dtype))
     next(batches)
     return batches, time.perf_counter() - start
 

@@ -16,12 +16,19 @@ import torch
 from alexnet.model import AlexNet
 from alexnet.step import AMP_DTYPES, LAST_LOSS, CapturedStep, training_step
 from bench.common import measure
+from data.dali import DaliLoader
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 BATCH = 128 if GPU else 4
 BACKENDS = ["torch", "compile", "triton"] if GPU else ["torch", "compile"]
 AMPS = ["none", "bf16"] if GPU else ["none"]
+
+
+def images_dtype(amp: str) -> torch.dtype:
+    """The dtype the trainer's DALI loader hands a step of `amp` its images in (the step casts them in the
+    pass that makes conv1's input: alexnet.step.training_step)."""
+    return DaliLoader.decoded_dtype(AMP_DTYPES.get(amp, torch.float32))
 
 
 def make_step(backend: str, amp: str, device: torch.device, batch: int = BATCH, graph: bool = False):
@@ -34,7 +41,7 @@ def make_step(backend: str, amp: str, device: torch.device, batch: int = BATCH, 
     train_step = training_step(model, model, model, device, amp, lr=0.01, momentum=0.9, weight_decay=5e-4)
     run = CapturedStep(train_step, side_stream=torch.cuda.Stream(device)) if graph else train_step
     images = (torch.randn(batch, 3, 227, 227, device=device) * 50).to(  # as the loader delivers them
-        AMP_DTYPES.get(amp, torch.float32), memory_format=torch.channels_last)
+        images_dtype(amp), memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
     def step(images=images, labels=labels):
