@@ -426,8 +426,7 @@ def trainer_step(backend: str, amp: str, batch: int, compile_model: bool = False
     model = AlexNet(1000, kernels="torch" if backend == "compile" else backend)
     if backend == "compile":  # kernels.compile_ops: the torch ops, each compiled, autocast outside the graph
         model.ops = Backend("compile", *(autocast_inputs(regions.wrap(op)) for op in
-                                         (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)),
-                            torch_ops.conv2d_relu_input)
+                                         (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)))
     run = Run(config, distributed.Layout(0, 1, 1, torch.device("cpu")), model, data=None)
     step = run.train_step
     if compile_model:  # alexnet.train --compile: torch.compile(net), which takes the images as they are

@@ -10,7 +10,8 @@ and, for the first layer,
     conv2d_relu_input(x, weight_shape, stride=1, padding=0, groups=1, dtype=None, out=None)
                                  x as conv2d_relu(..., input_form=True) reads it, made in one pass
 
-`backend(name)` returns an object with those ops as attributes:
+`backend(name)` returns an object with those ops as attributes (a Backend built from the three ops alone
+reads its input as it is: its conv2d_relu_input is x cast):
   "torch"    F.conv2d + F.relu (cuDNN on a GPU), F.local_response_norm, F.max_pool2d
   "triton"   the project's Triton kernels
   "compile"  the torch ops through torch.compile (Inductor)
@@ -26,13 +27,24 @@ from typing import Callable
 BACKENDS = ("triton", "torch", "compile")
 
 
+def input_as_it_is(x, weight_shape, stride=1, padding=0, groups=1, dtype=None, out=None):
+    """conv2d_relu_input for a conv2d_relu that reads its input as it is: x cast to `dtype` (into `out`)."""
+    dtype = dtype or x.dtype
+    if out is None:
+        return x.to(dtype)
+    if getattr(out, "shape", None) != x.shape or out.dtype != dtype or out.device != x.device:
+        raise ValueError(f"conv2d_relu_input: out must be a tensor of shape {tuple(x.shape)}, {dtype}, on "
+                         f"{x.device}; got {getattr(out, 'shape', type(out).__name__)}")
+    return out.copy_(x)
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
     conv2d_relu: Callable
     lrn: Callable
     max_pool2d: Callable
-    conv2d_relu_input: Callable
+    conv2d_relu_input: Callable = input_as_it_is
 
 
 # Backend name -> the module that builds it (each exposes `BACKEND`).

@@ -32,5 +32,4 @@ def _compiled_on_first_call(op):
 
 # Autocast outside the compiled graph: Inductor sees plain bf16/fp16 ops, not autocast state to guard on.
 BACKEND = Backend("compile", *(autocast_inputs(_compiled_on_first_call(op))
-                               for op in (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)),
-                  torch_ops.conv2d_relu_input)
+                               for op in (torch_ops.conv2d_relu, torch_ops.lrn, torch_ops.max_pool2d)))

@@ -11,17 +11,6 @@ def conv2d_relu(x, weight, bias=None, stride=1, padding=0, groups=1, input_form=
     return F.relu(F.conv2d(x, weight, bias, stride, padding, groups=groups))  # x is its own input form
 
 
-def conv2d_relu_input(x, weight_shape, stride=1, padding=0, groups=1, dtype=None, out=None):
-    """x as conv2d_relu reads it: x itself, cast to `dtype` (into `out` if given)."""
-    dtype = dtype or x.dtype
-    if out is None:
-        return x.to(dtype)
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != dtype or out.device != x.device:
-        raise ValueError(f"conv2d_relu_input: out must be a tensor of shape {tuple(x.shape)}, {dtype}, on "
-                         f"{x.device}; got {getattr(out, 'shape', type(out).__name__)}")
-    return out.copy_(x)
-
-
 def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     # F.local_response_norm divides alpha by size; the paper does not, so multiply it back.
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
@@ -34,4 +23,4 @@ def max_pool2d(x, kernel_size=3, stride=2):
     return F.max_pool2d(x, kernel_size, stride)
 
 
-BACKEND = Backend("torch", *map(autocast_inputs, (conv2d_relu, lrn, max_pool2d)), conv2d_relu_input)
+BACKEND = Backend("torch", *map(autocast_inputs, (conv2d_relu, lrn, max_pool2d)))  # its input form: x cast

@@ -90,3 +90,15 @@ def test_the_input_form_gives_the_logits_of_the_images(backend):
         assert torch.equal(model(form, input_form=True), model(images.float()))
     with pytest.raises(ValueError, match=r"\(N, 3, 227, 227\), got \(1, 3, 224, 224\)"):
         model.input_form(torch.randn(1, 3, 224, 224))
+    out = torch.empty_like(form)
+    assert model.input_form(images, torch.float32, out=out) is out and torch.equal(out, form)
+    with pytest.raises(ValueError, match="conv2d_relu_input: out must be a"):
+        model.input_form(images, torch.float32, out=out.half())
+
+
+def test_a_backend_of_three_ops_takes_its_input_as_it_is():
+    """A Backend built from the three ops alone (as before the input form): its input form is x cast."""
+    ops = kernels.backend("torch")
+    x = torch.randn(2, 3, 5, 5)
+    three = kernels.Backend("mine", ops.conv2d_relu, ops.lrn, ops.max_pool2d)
+    assert torch.equal(three.conv2d_relu_input(x, (4, 3, 3, 3), dtype=torch.float16), x.half())
