@@ -565,7 +565,7 @@ def test_an_input_form_is_written_into_a_given_buffer_and_checked():
     assert conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, torch.bfloat16, out=out) is out
     assert torch.equal(out, form)
     for wrong in (out.float(), out[:1], out.contiguous(), torch.empty(out.shape, dtype=torch.bfloat16)):
-        with pytest.raises(ValueError, match="out must be a torch.channels_last tensor of shape"):
+        with pytest.raises(ValueError, match="out must be a channels_last tensor of shape"):
             conv_relu.conv2d_relu_input(x, w.shape, stride, padding, groups, torch.bfloat16, out=wrong)
     with pytest.raises(ValueError, match="an input form .* gets no gradient"):
         conv2d_relu(form.requires_grad_(), w, b, stride, padding, groups, input_form=True)

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
+from kernels import input_as_it_is
 from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
 from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, space_to_depth_kernel, wgrad_kernel
@@ -252,25 +253,17 @@ def conv2d_relu_input(x, weight_shape, stride=1, padding=0, groups=1, dtype=None
     check_image_offsets("conv2d_relu_input", "x", x)
     geometry = conv_geometry(x.shape, weight_shape, stride, padding, groups)
     if not geometry.runs_as:
-        if out is None:
-            return x.to(dtype)
-        _check_out(out, x.shape, dtype, x.device, torch.contiguous_format, torch.channels_last)
-        return out.copy_(x)
-    if out is not None:
-        _check_out(out, geometry.runs_as.x_shape, dtype, x.device, torch.channels_last)
+        return input_as_it_is(x, weight_shape, stride, padding, groups, dtype, out)
+    if out is not None and (not isinstance(out, torch.Tensor) or tuple(out.shape) != geometry.runs_as.x_shape or
+                            out.dtype != dtype or out.device != x.device or
+                            not out.is_contiguous(memory_format=torch.channels_last)):
+        got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"conv2d_relu_input: out must be a channels_last tensor of shape {geometry.runs_as.x_shape}, "
+                         f"{dtype}, on {x.device}; got {got}")
     x2, plan = space_to_depth_plan(x, geometry, dtype, out)
     if x2.numel():
         plan.start(x.device)
     return x2
-
-
-def _check_out(out, shape, dtype, device, *layouts):
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape) or out.dtype != dtype or \
-            out.device != device or not any(out.is_contiguous(memory_format=layout) for layout in layouts):
-        described = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else \
-            type(out).__name__
-        raise ValueError(f"conv2d_relu_input: out must be a {' or '.join(map(str, layouts))} tensor of shape "
-                         f"{tuple(shape)}, {dtype}, on {device}; got {described}")
 
 
 def _geometry_of(x, weight_shape, stride, padding, groups, input_form: bool) -> ConvGeometry:
