@@ -509,18 +509,23 @@ def triton_op_host_us(calls: int = 200) -> dict:
     Each op is timed followed by an LRN, less that LRN alone on a leaf of the op's output's shape: so the
     backward() call's own cost (autograd's start, paid once a step, not per op) is left out, and the
     parameters' gradients are set to None after each step, as the trainer's zero_grad does (no accumulation).
-    bwd is forward+backward less forward, autograd's work for the op's node included. conv1 is the
-    space-to-depth form (3 channels, stride 4)."""
+    bwd is forward+backward less forward, autograd's work for the op's node included. conv2-5's stand-ins
+    have AlexNet's K/groups (a multiple of 64: dgrad reads the forward's weight copy) on few input channels;
+    conv1 (3 channels, stride 4; its K kept small, as it needs no dgrad) is given its space-to-depth input
+    form, made before it as in the step."""
     ops = kernels.backend("triton")
-    convs = {"conv1": ((2, 3, 23, 23), (8, 3, 11, 11), 4, 0, 1, False),
-             "conv (groups 2)": ((2, 16, 9, 9), (16, 8, 5, 5), 1, 2, 2, True),
-             "conv": ((2, 16, 9, 9), (16, 16, 3, 3), 1, 1, 1, True)}
+    convs = {"conv1": ((1, 3, 23, 23), (8, 3, 11, 11), 4, 0, 1),
+             "conv (groups 2)": ((1, 2, 7, 7), (128, 1, 5, 5), 1, 2, 2),
+             "conv": ((1, 2, 7, 7), (64, 2, 3, 3), 1, 1, 1)}
     cases, leaves = {}, []
-    for name, (x_shape, w_shape, stride, padding, groups, input_grad) in convs.items():
-        x = activation(x_shape).requires_grad_(input_grad)
+    for name, (x_shape, w_shape, stride, padding, groups) in convs.items():
+        form = name == "conv1"
+        x = activation(x_shape)
+        x = ops.conv2d_relu_input(x, w_shape, stride, padding, groups) if form else x.requires_grad_()
         w, b = torch.randn(w_shape).requires_grad_(), torch.randn(w_shape[0]).requires_grad_()
         leaves += [x, w, b]
-        cases[name] = (lambda x=x, w=w, b=b, s=stride, p=padding, g=groups: ops.conv2d_relu(x, w, b, s, p, g))
+        cases[name] = (lambda x=x, w=w, b=b, s=stride, p=padding, g=groups, f=form:
+                       ops.conv2d_relu(x, w, b, s, p, g, input_form=f))
     x = activation((2, 16, 7, 7)).requires_grad_()
     leaves.append(x)
     cases["lrn"] = lambda: ops.lrn(x)

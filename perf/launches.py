@@ -16,7 +16,6 @@ from alexnet.layers import CONVS, LRN, LRNS, POOL, POOL_NO_OVERLAP, POOLS
 from kernels import local_response_norm as lrn_op
 from kernels import maxpool
 from kernels.conv_relu import launch as conv_launch
-from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import conv_geometry
 from kernels.conv_relu.tiles import gemm_sides, tile_meta, usable_tiles
 from kernels.tensors import FLOAT_DTYPES, memory_format
@@ -112,13 +111,15 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
                 yield f"{label} space_to_depth weight", weight_copy.kernel, weight_copy.args, launch_work(
                     name, "space_to_depth weight", dt, prod(weight_copy.grid), 1, 0,
                     w.numel() * 4 + w2.numel() * ELEMENT_BYTES[dt], in_the_step)
-                x, w = x2, space_to_depth.to_weight(w, geometry)  # the fp32 form dgrad_plan casts in its copy
+                x = x2
 
             def work(op, launch_grid, iterations, step=in_the_step):
                 return conv_work(name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(launch_grid),
                                  iterations, step)
 
-            y, plan = conv_launch.fwd_plan(x, w2 if geometry.runs_as else w, b, form)
+            # the weight as the forward reads it (ConvReLU keeps it for dgrad, which reads a 16-bit one in place)
+            w_in = w2 if geometry.runs_as else w.to(dtype, memory_format=torch.channels_last)
+            y, plan = conv_launch.fwd_plan(x, w_in, b, form)
             window = form.C // form.groups * form.R * form.S
             yield from _tiled(f"{label} fwd", "fwd", plan,
                               lambda m: work("fwd", plan.grid(m), triton.cdiv(window, m["BLOCK_K"])))
@@ -126,7 +127,7 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
             mask_bytes = 3 * y.numel() * ELEMENT_BYTES[dt] + 2 * mask.grid[0] * y.shape[1] * 4  # dy, y, g; db
             yield f"{label} relu_mask", mask.kernel, mask.args, launch_work(
                 name, "relu_mask", dt, prod(mask.grid), 1, 0, mask_bytes, in_the_step)
-            _, dgrad = conv_launch.dgrad_plan(g, w, form)
+            _, dgrad = conv_launch.dgrad_plan(g, w_in, form)
             taps = triton.cdiv(form.R, form.stride[0]) * triton.cdiv(form.S, form.stride[1]) * (form.K // form.groups)
             yield from _tiled(f"{label} dgrad", "dgrad", dgrad, lambda m: work(
                 "dgrad", dgrad.grid(m), triton.cdiv(taps, m["BLOCK_K"]), step=in_the_step and name != "conv1"))

@@ -505,16 +505,43 @@ def test_a_16_bit_weight_with_fp32_x_is_refused():
         conv2d_relu(x.to(torch.bfloat16), w, b.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dgrad_reads_the_weight_k_contiguous_whatever_its_dtype(dtype):
-    """dgrad's reduction runs over k: its plan copies the (fp32 master) weight k-contiguous in the gradient's
-    dtype, also when no cast is needed (a permuted fp32 weight handed back uncopied made sm_90's tf32 dgrad
-    issue-bound: R > 1 in perf.aot)."""
-    geometry = conv_geometry.conv_geometry((2, 8, 9, 9), (16, 8, 3, 3), 1, 1, 1)
-    g = torch.empty(2, 16, 9, 9, dtype=dtype, device="meta").contiguous(memory_format=torch.channels_last)
-    _, plan = conv_launch.dgrad_plan(g, torch.empty(16, 8, 3, 3, device="meta"), geometry)
+@pytest.mark.parametrize("dtype, layout, channels, in_place", [
+    (torch.float32, None, 64, False), (torch.bfloat16, None, 64, False), (torch.float32, "channels_last", 64, False),
+    (torch.bfloat16, "channels_last", 64, True), (torch.float16, "channels_last", 128, True),
+    (torch.bfloat16, "channels_last", 96, False), (torch.bfloat16, "channels_last fp32", 64, False)])
+def test_which_weight_dgrad_reads(dtype, layout, channels, in_place):
+    """dgrad's reduction runs over (tap, k). A weight in the gradient's 16-bit dtype and channels_last (the copy
+    the forward read) is read in place when K/groups is a multiple of BLOCK_K (one tap per step). Any other is
+    copied k-contiguous in the gradient's dtype, also when no cast is needed: a TF32 product, or the
+    element-wise reduction, reading the channels contiguous is issue-bound on sm_90 (R > 1 in perf.aot)."""
+    geometry = conv_geometry.conv_geometry((2, 8, 9, 9), (channels, 8, 3, 3), 1, 1, 1)
+    g = torch.empty(2, channels, 9, 9, dtype=dtype, device="meta").contiguous(memory_format=torch.channels_last)
+    weight = torch.empty(channels, 8, 3, 3, device="meta", dtype=torch.float32 if layout != "channels_last" else dtype)
+    weight = channels_last(weight) if layout else weight
+    _, plan = conv_launch.dgrad_plan(g, weight, geometry)
     w = plan.args["w_ptr"]
-    assert w.dtype == dtype and w.stride() == (1, 3 * 3 * 16, 3 * 16, 16), w.stride()
+    if in_place:
+        assert w is weight, "a copy of the forward's weight was made"
+    else:
+        assert w.dtype == dtype and w.stride() == (1, 3 * 3 * channels, 3 * channels, channels), w.stride()
+
+
+def test_a_16_bit_backward_reads_the_weight_copy_the_forward_made(monkeypatch):
+    """In a bf16 step the fp32 master weight is copied once, cast channels_last by the forward, and dgrad reads
+    that copy (K/groups = 64): the backward reads the weight into no other memory (it made a k-contiguous copy)."""
+    x, w, b = make((1, 8, 5, 5), (64, 8, 3, 3), True, torch.float32)
+    x, w, b = x.to(torch.bfloat16).requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    started = {}
+    monkeypatch.setattr(conv_launch.Launch, "start",
+                        lambda launch, device: started.setdefault(launch.kernel.fn.__name__, launch.args))
+    with ReadsOf(w) as forward_reads:
+        y = conv2d_relu(x, w, b, 1, 1)
+    with ReadsOf(w) as backward_reads:
+        y.backward(torch.ones_like(y))
+    assert forward_reads.ops == ["aten._to_copy.default"], forward_reads.ops
+    assert not backward_reads.ops, f"the backward read the weight into other memory: {backward_reads.ops}"
+    assert started["dgrad_kernel"]["w_ptr"] is started["fwd_kernel"]["w_ptr"], "dgrad read another copy"
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------------

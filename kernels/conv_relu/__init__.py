@@ -37,8 +37,10 @@ input_form=True.
 Layout: the window index is (r, s, c) with c fastest and tensors are addressed through their strides, so
 any layout is correct and NHWC (channels_last) is the fast one: there an im2col row reads channels
 contiguously, which is what tensor cores want, and an output tile [pixels, channels] is written
-contiguously. So y, g and dx are channels_last; the weights, small, are permuted per call so each GEMM
-reads them contiguously along its reduction; x is read in place (or as its space-to-depth copy).
+contiguously. So y, g and dx are channels_last; the weight, small, is copied once per forward, channels_last
+in x's dtype (an fp32 master weight cast), and kept: dgrad reads that copy too in 16 bits (with K/groups a
+multiple of BLOCK_K), else a k-contiguous copy (TF32 wants its reduction contiguous); x is read in place (or
+as its space-to-depth copy).
 When the channels of a group are a multiple of BLOCK_K, a block of the reduction never straddles two
 window taps, so the tap is one scalar per step and the masks are per pixel, not per element.
 

@@ -172,7 +172,7 @@ def fwd_kernel(
 @triton.jit
 def dgrad_kernel(
     g_ptr,  # [N, K, P, Q] the masked gradient dy * (y > 0), channels_last
-    w_ptr,  # [K, C_g, R, S] (the launcher makes k contiguous)
+    w_ptr,  # [K, C_g, R, S] k contiguous, or channels contiguous in 16 bits (the forward's copy)
     dx_ptr,  # [N, C, H, W] (allocated channels_last)
     ROWS,  # N * ceil(H / STRIDE_H) * ceil(W / STRIDE_W): the largest phase's pixels
     sg_n, sg_c, sg_h, sg_w, sw_k, sw_c, sw_r, sw_s, sx_n, sx_c, sx_h, sx_w,

@@ -23,7 +23,7 @@ from kernels import input_as_it_is
 from kernels.conv_relu import space_to_depth
 from kernels.conv_relu.geometry import ConvGeometry, conv_geometry, pair
 from kernels.conv_relu.kernels import dgrad_kernel, fwd_kernel, relu_mask_kernel, space_to_depth_kernel, wgrad_kernel
-from kernels.conv_relu.tiles import usable_tiles, wgrad_splits
+from kernels.conv_relu.tiles import TILES, usable_tiles, wgrad_splits
 from kernels.tensors import FLOAT_DTYPES, cdiv, check_activation, check_device, check_image_offsets, launch, \
     layouts_need_int64, next_power_of_2, shapes_only
 
@@ -159,11 +159,19 @@ def _fwd_constants(g: ConvGeometry, sx, sw, sy, sb, input_precision: str):
 
 
 def dgrad_plan(g_masked, weight, geometry: ConvGeometry):
-    """(dx, Launch): the input gradient of `geometry` from the masked output gradient."""
-    # k contiguous for the reduction, in the gradient's dtype: one copy, which also casts fp32 master weights
-    # (Tensor.to(memory_format=torch.contiguous_format) would hand a permuted fp32 weight back uncopied)
-    crsk = weight.permute(1, 2, 3, 0)
-    w = torch.empty(crsk.shape, device=weight.device, dtype=g_masked.dtype).copy_(crsk).permute(3, 0, 1, 2)
+    """(dx, Launch): the input gradient of `geometry` from the masked output gradient. A 16-bit weight in the
+    gradient's dtype and channels_last (the copy the forward read) is read in place, its channels contiguous
+    (tensor cores take a 16-bit operand either way round), where each step of the reduction stays in one tap
+    (K/groups a multiple of BLOCK_K: a tile is then a block of the copy's rows). Any other weight is copied
+    k-contiguous in the gradient's dtype (casting fp32 master weights): TF32 products need the reduction
+    contiguous, and so does the element-wise reduction (perf.aot: conv1's form, in place, is issue-bound)."""
+    one_tap_per_step = (geometry.K // geometry.groups) % max(tile[2] for tile in TILES["dgrad"]) == 0
+    if g_masked.dtype != torch.float32 and weight.dtype == g_masked.dtype and one_tap_per_step and \
+            weight.is_contiguous(memory_format=torch.channels_last):
+        w = weight
+    else:  # (Tensor.to(memory_format=torch.contiguous_format) would hand a permuted fp32 weight back uncopied)
+        crsk = weight.permute(1, 2, 3, 0)
+        w = torch.empty(crsk.shape, device=weight.device, dtype=g_masked.dtype).copy_(crsk).permute(3, 0, 1, 2)
     dx = torch.empty(geometry.x_shape, device=g_masked.device, dtype=g_masked.dtype,
                      memory_format=torch.channels_last)
     grid, constants = _dgrad_constants(geometry, g_masked.stride(), w.stride(), dx.stride(),
@@ -284,14 +292,23 @@ def _geometry_of(x, weight_shape, stride, padding, groups, input_form: bool) -> 
 
 
 def _forward(x_in, weight, bias, geometry: ConvGeometry):
-    """y from x_in = kernel_input(x, geometry)."""
+    """(y, w_in) from x_in = kernel_input(x, geometry): w_in is the weight as the forward read it, in x_in's
+    dtype and channels_last, in the space-to-depth form where the convolution runs as it (dgrad reads it too)."""
     if geometry.runs_as:
-        weight, copy = space_to_depth_weight_plan(weight, geometry, x_in.dtype)
+        w_in, copy = space_to_depth_weight_plan(weight, geometry, x_in.dtype)
         copy.start(x_in.device)
-    y, plan = fwd_plan(x_in, weight, bias, geometry.kernel_form)
+    else:
+        w_in = weight.to(x_in.dtype, memory_format=torch.channels_last)  # fp32 master weights cast
+    y, plan = fwd_plan(x_in, w_in, bias, geometry.kernel_form)
     if y.numel():
         plan.start(x_in.device)
-    return y
+    return y, w_in
+
+
+def weight_form(weight, geometry: ConvGeometry):
+    """The weight as the kernels of `geometry` read it: its space-to-depth form where the convolution runs as
+    that form, else the weight itself."""
+    return space_to_depth.to_weight(weight, geometry) if geometry.runs_as else weight
 
 
 def _relu_mask(dy, y, bias: bool):
@@ -305,10 +322,9 @@ def _relu_mask(dy, y, bias: bool):
     return g, (db.sum(0) if g.numel() else torch.zeros(y.shape[1], device=y.device)) if bias else None
 
 
-def _dgrad(g_masked, weight, geometry: ConvGeometry):
-    if geometry.runs_as:
-        weight = space_to_depth.to_weight(weight, geometry)
-    dx, plan = dgrad_plan(g_masked, weight, geometry.kernel_form)
+def _dgrad(g_masked, w_in, geometry: ConvGeometry):
+    """dx from w_in = weight_form(weight, geometry), or the forward's copy of it."""
+    dx, plan = dgrad_plan(g_masked, w_in, geometry.kernel_form)
     if dx.numel():
         plan.start(g_masked.device)
     return space_to_depth.from_input_grad(dx, geometry) if geometry.runs_as else dx
@@ -321,8 +337,9 @@ def _wgrad(g_masked, x_in, geometry: ConvGeometry):
     if not g_masked.numel():
         return torch.zeros(geometry.w_shape, device=x_in.device, dtype=torch.float32)
     plan.start(x_in.device)
-    dw = partials.sum(0) if len(partials) > 1 else partials[0]
-    return space_to_depth.from_weight_grad(dw, geometry) if geometry.runs_as else dw
+    if geometry.runs_as:
+        return space_to_depth.from_weight_grad(partials, geometry)
+    return partials.sum(0) if len(partials) > 1 else partials[0]
 
 
 def conv2d_relu_fwd(x, weight, bias=None, stride=1, padding=0, groups=1, input_form=False):
@@ -330,13 +347,13 @@ def conv2d_relu_fwd(x, weight, bias=None, stride=1, padding=0, groups=1, input_f
     x is conv2d_relu_input's form of the images."""
     _check(x, weight, bias)
     geometry = _geometry_of(x, weight.shape, stride, padding, groups, input_form)
-    return _forward(kernel_input(x, geometry, input_form), weight, bias, geometry)
+    return _forward(kernel_input(x, geometry, input_form), weight, bias, geometry)[0]
 
 
 def conv2d_relu_dgrad(dy, y, weight, x_shape, stride=1, padding=0, groups=1):
     """The gradient of conv2d_relu(x, weight, ...) = y with respect to x (of shape x_shape), channels_last."""
     geometry = conv_geometry(x_shape, weight.shape, stride, padding, groups)
-    return _dgrad(_relu_mask(dy, y, bias=False)[0], weight, geometry)
+    return _dgrad(_relu_mask(dy, y, bias=False)[0], weight_form(weight, geometry), geometry)
 
 
 def conv2d_relu_wgrad(dy, y, x, weight_shape, stride=1, padding=0, groups=1, bias=True):
@@ -347,19 +364,22 @@ def conv2d_relu_wgrad(dy, y, x, weight_shape, stride=1, padding=0, groups=1, bia
     return _wgrad(g, kernel_input(x, geometry), geometry).to(x.dtype), db.to(x.dtype) if bias else None
 
 
-def _backward(dy, y, x_in, weight, geometry: ConvGeometry, needs=(True, True, True)):
-    """(dx, dweight, dbias), x_in = kernel_input(x, geometry) (read only when `needs` the weight's)."""
+def _backward(dy, y, x_in, w_in, geometry: ConvGeometry, needs, weight_dtype: torch.dtype):
+    """(dx, dweight, dbias), the last two in `weight_dtype` (fp32 master weights: no cast); x_in =
+    kernel_input(x, geometry) (read only when `needs` the weight's), w_in as _dgrad reads it (only when
+    `needs` x's)."""
     g, db = _relu_mask(dy, y, bias=needs[2])
-    dx = _dgrad(g, weight, geometry) if needs[0] else None
-    dw = _wgrad(g, x_in, geometry).to(weight.dtype) if needs[1] else None  # fp32 master weights: no cast
-    return dx, dw, db.to(weight.dtype) if needs[2] else None
+    dx = _dgrad(g, w_in, geometry) if needs[0] else None
+    dw = _wgrad(g, x_in, geometry).to(weight_dtype) if needs[1] else None
+    return dx, dw, db.to(weight_dtype) if needs[2] else None
 
 
 def conv2d_relu_bwd(dy, y, x, weight, stride=1, padding=0, groups=1, needs=(True, True, True), input_form=False):
     """(dx, dweight, dbias) of conv2d_relu; `needs` says which of the three to compute (None otherwise)."""
     geometry = _geometry_of(x, weight.shape, stride, padding, groups, input_form)
     _no_input_gradient(geometry, input_form, needs[0])
-    return _backward(dy, y, kernel_input(x, geometry, input_form) if needs[1] else None, weight, geometry, needs)
+    return _backward(dy, y, kernel_input(x, geometry, input_form) if needs[1] else None,
+                     weight_form(weight, geometry) if needs[0] else None, geometry, needs, weight.dtype)
 
 
 def _no_input_gradient(geometry: ConvGeometry, input_form: bool, needed: bool) -> None:
@@ -369,9 +389,9 @@ def _no_input_gradient(geometry: ConvGeometry, input_form: bool, needed: bool) -
 
 
 class ConvReLU(torch.autograd.Function):
-    """relu(conv2d(x, w) + b) with Triton forward, dgrad and wgrad; saves the x the kernels read (conv1's
-    space-to-depth copy, so the backward does not make it again), w and the output y, and the geometry
-    computed once in the forward."""
+    """relu(conv2d(x, w) + b) with Triton forward, dgrad and wgrad; saves the x and w the forward kernel read
+    (conv1's space-to-depth copy, and the weight's copy in the activations' dtype, which dgrad reads in 16 bits:
+    no copy is made again), the output y, and the geometry computed once in the forward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, groups, input_form):
@@ -379,15 +399,16 @@ class ConvReLU(torch.autograd.Function):
         ctx.geometry = _geometry_of(x, weight.shape, stride, padding, groups, input_form)
         _no_input_gradient(ctx.geometry, input_form, ctx.needs_input_grad[0])
         x_in = kernel_input(x, ctx.geometry, input_form)
-        y = _forward(x_in, weight, bias, ctx.geometry)
-        ctx.save_for_backward(x_in, weight, y)
+        y, w_in = _forward(x_in, weight, bias, ctx.geometry)
+        ctx.save_for_backward(x_in, w_in, y)
+        ctx.weight_dtype = weight.dtype
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x_in, weight, y = ctx.saved_tensors
-        dx, dw, db = _backward(dy, y, x_in, weight, ctx.geometry, needs=ctx.needs_input_grad[:3])
+        x_in, w_in, y = ctx.saved_tensors
+        dx, dw, db = _backward(dy, y, x_in, w_in, ctx.geometry, ctx.needs_input_grad[:3], ctx.weight_dtype)
         return dx, dw, db, None, None, None, None
 
 

@@ -32,8 +32,12 @@ def to_weight(w, g):
     return w.reshape(K, C, taps_h, sh, taps_w, sw).permute(0, 3, 5, 1, 2, 4).reshape(K, sh * sw * C, taps_h, taps_w)
 
 
-def from_weight_grad(dw2, g):
-    """dw from the gradient dw2 of to_weight's output: the taps past the window are dropped."""
-    (K, C, R, S), (sh, sw), (_, _, taps_h, taps_w) = g.w_shape, g.stride, dw2.shape
-    dw = dw2.reshape(K, sh, sw, C, taps_h, taps_w).permute(0, 3, 4, 1, 5, 2).reshape(K, C, taps_h * sh, taps_w * sw)
-    return dw[:, :, :R, :S]
+def from_weight_grad(partials, g):
+    """dw from wgrad's partial sums of the gradient of to_weight's output ([splits, *w2's shape]): one pass adds
+    the splits into the window padded to whole taps, in x's layout, whose taps past the window are then
+    dropped (a view: autograd's copy into the weight's layout is the only other pass)."""
+    (K, C, R, S), (sh, sw), (splits, _, _, taps_h, taps_w) = g.w_shape, g.stride, partials.shape
+    padded = torch.empty(K, C, taps_h * sh, taps_w * sw, dtype=partials.dtype, device=partials.device)
+    splits_by_tap = partials.view(splits, K, sh, sw, C, taps_h, taps_w).permute(0, 1, 4, 5, 2, 6, 3)
+    torch.sum(splits_by_tap, 0, out=padded.view(K, C, taps_h, sh, taps_w, sw))
+    return padded[:, :, :R, :S]
