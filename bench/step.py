@@ -32,8 +32,8 @@ MEASURED on this machine
   host_us_per_op   µs one more Triton op call adds to a bf16 step, forward and backward, kernels stubbed, on
                 tiny CPU tensors (so torch's ops around the kernel cost their dispatch only): the op followed by
                 an LRN less the LRN alone, gradients set to None between steps as zero_grad does, so the
-                backward() call's own start (once a step) is not in it; best of 5 (printed under the table, in
-                the JSON's triton rows).
+                backward() call's own start (once a step) is not in it; best of 5; with the Triton launches
+                each makes (printed under the table, in the JSON's triton rows).
 ESTIMATE (H100 SXM; no GPU ran)
   est_device_ms our kernels from perf.aot's estimate when --aot-json gives its report (per layer and op, the
                 tile with the best estimate, as its step roll-up), else each launch's floor (perf.work's FLOPs
@@ -503,7 +503,8 @@ def activation(shape) -> torch.Tensor:
 
 
 def triton_op_host_us(calls: int = 200) -> dict:
-    """{op: {"fwd": µs, "bwd": µs}}: the host time one more call of each Triton op adds to a bf16 step, kernels
+    """{op: {"fwd": µs, "bwd": µs, "fwd_launches": n, "bwd_launches": n}}: the host time one more call of each
+    Triton op adds to a bf16 step, and the Triton launches the call makes (conv: 1 forward, 3 backward), kernels
     stubbed: bf16 channels_last activations, fp32 weights, no input gradient for conv1's images, on CPU tensors
     so small that every torch op around the kernel costs its dispatch only (as an asynchronous GPU op would).
     Each op is timed followed by an LRN, less that LRN alone on a leaf of the op's output's shape: so the
@@ -542,15 +543,23 @@ def triton_op_host_us(calls: int = 200) -> dict:
                 leaf.grad = None
         return _best_us(step, calls)
 
-    result = {}
-    with stubbed_launches(lambda *a: None):
+    def launches(call) -> int:
+        started.clear()
+        call()
+        return len(started)
+
+    result, started = {}, []
+    with stubbed_launches(lambda *a: started.append(a)):
         for name, op in cases.items():
             alone = activation(op().shape).requires_grad_()
             leaves.append(alone)
             then_lrn, lrn_alone = (lambda: ops.lrn(op())), (lambda: ops.lrn(alone))
             fwd = us(then_lrn, False) - us(lrn_alone, False)
             both = us(then_lrn, True) - us(lrn_alone, True)
-            result[name] = {"fwd": fwd, "bwd": both - fwd}
+            y = op()
+            dy = activation(y.shape)
+            result[name] = {"fwd": fwd, "bwd": both - fwd, "fwd_launches": launches(op),
+                            "bwd_launches": launches(lambda: y.backward(dy))}
             leaves.pop()
     return result
 
@@ -607,9 +616,10 @@ def table(rows: list[dict]) -> str:
         lines += [f"{r['backend']} {r['amp']}: {note}" for note in r["notes"]]
     per_op = next((r["host_us_per_op"] for r in rows if "host_us_per_op" in r), {})
     if per_op:
-        calls = "; ".join(f"{op} fwd {us['fwd']:.1f} bwd {us['bwd']:.1f}" for op, us in per_op.items())
-        lines.append("host us one more Triton op call adds to a bf16 step, kernel stubbed (tiny CPU tensors, best "
-                     f"of 5): {calls}")
+        calls = "; ".join(f"{op} fwd {us['fwd']:.1f} ({us['fwd_launches']}) bwd {us['bwd']:.1f} ({us['bwd_launches']})"
+                          for op, us in per_op.items())
+        lines.append("host us one more Triton op call adds to a bf16 step, kernels stubbed (tiny CPU tensors, best "
+                     f"of 5; its Triton launches in brackets): {calls}")
     return "\n".join(lines)
 
 
