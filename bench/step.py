@@ -68,6 +68,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -502,6 +503,23 @@ def activation(shape) -> torch.Tensor:
     return torch.randn(shape).to(torch.bfloat16, memory_format=torch.channels_last)
 
 
+class NoOpConv(torch.autograd.Function):
+    """A convolution's autograd node with no work: the output and the gradients allocated, the tensors saved as
+    ConvReLU saves them. What autograd alone costs an op of conv2d_relu's inputs (the floor under its figure)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, y_shape):
+        y = torch.empty(y_shape, dtype=x.dtype, memory_format=torch.channels_last)
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, _ = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0]), None
+
+
 def triton_op_host_us(calls: int = 200) -> dict:
     """{op: {"fwd": µs, "bwd": µs, "fwd_launches": n, "bwd_launches": n}}: the host time one more call of each
     Triton op adds to a bf16 step, and the Triton launches the call makes (conv: 1 forward, 3 backward), kernels
@@ -513,20 +531,23 @@ def triton_op_host_us(calls: int = 200) -> dict:
     bwd is forward+backward less forward, autograd's work for the op's node included. conv2-5's stand-ins
     have AlexNet's K/groups (a multiple of 64: dgrad reads the forward's weight copy) on few input channels;
     conv1 (3 channels, stride 4; its K kept small, as it needs no dgrad) is given its space-to-depth input
-    form, made before it as in the step."""
+    form, made before it as in the step. "no-op Function" is autograd's share: NoOpConv on conv's tensors."""
     ops = kernels.backend("triton")
     convs = {"conv1": ((1, 3, 23, 23), (8, 3, 11, 11), 4, 0, 1),
              "conv (groups 2)": ((1, 2, 7, 7), (128, 1, 5, 5), 1, 2, 2),
              "conv": ((1, 2, 7, 7), (64, 2, 3, 3), 1, 1, 1)}
-    cases, leaves = {}, []
+    cases, leaves, tensors = {}, [], {}
     for name, (x_shape, w_shape, stride, padding, groups) in convs.items():
         form = name == "conv1"
         x = activation(x_shape)
         x = ops.conv2d_relu_input(x, w_shape, stride, padding, groups) if form else x.requires_grad_()
         w, b = torch.randn(w_shape).requires_grad_(), torch.randn(w_shape[0]).requires_grad_()
         leaves += [x, w, b]
+        tensors[name] = x, w, b
         cases[name] = (lambda x=x, w=w, b=b, s=stride, p=padding, g=groups, f=form:
                        ops.conv2d_relu(x, w, b, s, p, g, input_form=f))
+    y_shape = cases["conv"]().shape
+    cases["no-op Function"] = lambda: NoOpConv.apply(*tensors["conv"], y_shape)
     x = activation((2, 16, 7, 7)).requires_grad_()
     leaves.append(x)
     cases["lrn"] = lambda: ops.lrn(x)

@@ -161,10 +161,11 @@ def test_the_command_counts_a_batch_128_triton_step_and_writes_its_row(tmp_path)
     assert row["host_reads"] == 0
     assert row["bytes_outside_kernels"] > 244e6  # at least the optimizer's one pass over the fp32 weights
     per_op = row["host_us_per_op"]
-    assert set(per_op) == {"conv1", "conv (groups 2)", "conv", "lrn", "max-pool"}
+    assert set(per_op) == {"conv1", "conv (groups 2)", "conv", "no-op Function", "lrn", "max-pool"}
     # conv: forward; mask, dgrad, wgrad. conv1 from its input form: the weight's form and the forward; no dgrad
     launches = {op: (us["fwd_launches"], us["bwd_launches"]) for op, us in per_op.items()}
-    assert launches == {"conv1": (2, 2), "conv (groups 2)": (1, 3), "conv": (1, 3), "lrn": (1, 1), "max-pool": (1, 1)}
+    assert launches == {"conv1": (2, 2), "conv (groups 2)": (1, 3), "conv": (1, 3), "no-op Function": (0, 0),
+                        "lrn": (1, 1), "max-pool": (1, 1)}
 
 
 @pytest.mark.parametrize("flags, message", [
