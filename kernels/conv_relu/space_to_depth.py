@@ -34,8 +34,8 @@ def to_weight(w, g):
 
 def from_weight_grad(partials, g):
     """dw from wgrad's partial sums of the gradient of to_weight's output ([splits, *w2's shape]): one pass adds
-    the splits into the window padded to whole taps, in x's layout, whose taps past the window are then
-    dropped (a view: autograd's copy into the weight's layout is the only other pass)."""
+    the splits (in a fixed order) into the window padded to whole taps ([K, C, taps_h*sh, taps_w*sw]), whose taps
+    past the window are then dropped (a view: autograd's copy into the weight's layout is the only other pass)."""
     (K, C, R, S), (sh, sw), (splits, _, _, taps_h, taps_w) = g.w_shape, g.stride, partials.shape
     padded = torch.empty(K, C, taps_h * sh, taps_w * sw, dtype=partials.dtype, device=partials.device)
     splits_by_tap = partials.view(splits, K, sh, sw, C, taps_h, taps_w).permute(0, 1, 4, 5, 2, 6, 3)
