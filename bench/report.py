@@ -449,11 +449,12 @@ def check_conv(plan, device, layer, dt, every_tile: bool) -> list[dict]:
             dgrad=torch.nn.grad.conv2d_input(x.shape, w.double(), g, stride, padding, 1, groups),
             wgrad=torch.nn.grad.conv2d_weight(x.double(), w.shape, g, stride, padding, 1, groups))
         gc = g.to(x.dtype)
+        w_read = w.contiguous(memory_format=torch.channels_last)  # the forward's copy, which dgrad reads in a step
         cudnn_bwd = lambda mask: torch.ops.aten.convolution_backward(  # noqa: E731
             gc, x, w, [w.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups, mask)
         cudnn = dict(fwd=cudnn_y, dgrad=cudnn_bwd([True, False, False])[0], wgrad=cudnn_bwd([False, True, False])[1])
         ours = dict(fwd=lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
-                    dgrad=lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
+                    dgrad=lambda: conv_relu.conv2d_relu_dgrad(dy, y, w_read, x.shape, *geometry),
                     wgrad=lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry)[0])
         for kernel in CONV_PASSES:
             index, count = 0, 1
@@ -708,12 +709,13 @@ def conv_cases(plan, device, dt, layer, backends) -> list[tuple]:
                                                    groups, mask)
 
     cost = cost_model().conv_costs(x.shape, w.shape, stride, padding, x.element_size())
+    w_read = w.contiguous(memory_format=torch.channels_last)  # the forward's copy, which dgrad reads in a step
     compiled = kernels.backend("compile").conv2d_relu.__wrapped__ if "compile" in backends else None
     fwd = {"triton": lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
            "torch": lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups))}
     if compiled:
         fwd["compile"] = lambda: compiled(x, w, b, *geometry)
-    dgrad = {"triton": lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
+    dgrad = {"triton": lambda: conv_relu.conv2d_relu_dgrad(dy, y, w_read, x.shape, *geometry),
              "torch": lambda: cudnn_backward([True, False, False])}
     wgrad = {"triton": lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry),
              "torch": lambda: cudnn_backward([False, True, True])}

@@ -72,10 +72,11 @@ def passes(x, w, b, geometry):
     backward = lambda mask: torch.ops.aten.convolution_backward(
         g, x, w, [w.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], groups, mask)
     costs = conv_costs(x.shape, w.shape, stride, padding, x.element_size())
+    w_read = w.contiguous(memory_format=torch.channels_last)  # the forward's copy, which dgrad reads in a step
     return {
         "fwd": (lambda: conv_relu.conv2d_relu_fwd(x, w, b, *geometry),
                 lambda: F.relu(F.conv2d(x, w, b, stride, padding, 1, groups)), costs["fwd"]),
-        "dgrad": (lambda: conv_relu.conv2d_relu_dgrad(dy, y, w, x.shape, *geometry),
+        "dgrad": (lambda: conv_relu.conv2d_relu_dgrad(dy, y, w_read, x.shape, *geometry),
                   lambda: backward([True, False, False]), costs["dgrad"]),
         "wgrad": (lambda: conv_relu.conv2d_relu_wgrad(dy, y, x, w.shape, *geometry),
                   lambda: backward([False, True, True]), costs["wgrad"]),
