@@ -145,6 +145,8 @@ PRECISION_SHAPES = {  # (N, C, H, W), (K, C/groups, R, S), stride, padding, grou
     "3x2/2 g2": ODD["3x2/2 g2"],
     "5x4/(2,3) g3 pad3": ODD["5x4/(2,3) g3 pad3"],
     "conv4 at 7x7": ((1, 384, 7, 7), ALEXNET_CONVS["conv4"][1], 1, 1, 2, True),  # its channels, 1/4 of the time
+    # torchvision's conv1 (64 filters): a space-to-depth form whose 16-bit dgrad reads the forward's weight copy
+    "s2d 64 filters 11x11/4 pad 2": ((1, 3, 27, 27), (64, 3, 11, 11), 4, 2, 1, True),
 }
 
 
