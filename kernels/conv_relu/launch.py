@@ -280,13 +280,20 @@ def _geometry_of(x, weight_shape, stride, padding, groups, input_form: bool) -> 
     give (its height taken as the smallest that gives them: the form is the same for all)."""
     if not input_form or x.shape[1] == weight_shape[1] * groups:
         return conv_geometry(x.shape, weight_shape, stride, padding, groups)
-    (_, channels, R, S), (sh, sw), (ph, pw) = weight_shape, pair(stride, "stride"), pair(padding, "padding")
-    P, Q = x.shape[2] - (-(-R // sh)) + 1, x.shape[3] - (-(-S // sw)) + 1
-    image = (x.shape[0], channels * groups, (P - 1) * sh + R - 2 * ph, (Q - 1) * sw + S - 2 * pw)
+    return _input_form_geometry(tuple(x.shape), tuple(weight_shape), pair(stride, "stride"), pair(padding, "padding"),
+                                groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _input_form_geometry(form_shape, weight_shape, stride, padding, groups) -> ConvGeometry:
+    """_geometry_of for an input form, once per shape (the step asks every forward)."""
+    (_, channels, R, S), (sh, sw), (ph, pw) = weight_shape, stride, padding
+    P, Q = form_shape[2] - (-(-R // sh)) + 1, form_shape[3] - (-(-S // sw)) + 1
+    image = (form_shape[0], channels * groups, (P - 1) * sh + R - 2 * ph, (Q - 1) * sw + S - 2 * pw)
     geometry = conv_geometry(image, weight_shape, stride, padding, groups) if min(P, Q, *image[2:]) > 0 else None
-    if geometry is None or geometry.runs_as is None or geometry.runs_as.x_shape != tuple(x.shape):
-        raise ValueError(f"conv2d_relu: x of shape {tuple(x.shape)} is given as an input form, but it is not one "
-                         f"for a weight of shape {tuple(weight_shape)} with stride {stride} and padding {padding} "
+    if geometry is None or geometry.runs_as is None or geometry.runs_as.x_shape != form_shape:
+        raise ValueError(f"conv2d_relu: x of shape {form_shape} is given as an input form, but it is not one "
+                         f"for a weight of shape {weight_shape} with stride {stride} and padding {padding} "
                          f"(conv2d_relu_input makes it)")
     return geometry
 
