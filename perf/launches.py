@@ -117,9 +117,7 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
                 return conv_work(name, op, (batch, *x_shape), w_shape, stride, padding, dt, prod(launch_grid),
                                  iterations, step)
 
-            # the weight as the forward reads it (ConvReLU keeps it for dgrad, which reads a 16-bit one in place)
-            w_in = w2 if geometry.runs_as else w.to(dtype, memory_format=torch.channels_last)
-            y, plan = conv_launch.fwd_plan(x, w_in, b, form)
+            y, plan = conv_launch.fwd_plan(x, w2 if geometry.runs_as else w, b, form)
             window = form.C // form.groups * form.R * form.S
             yield from _tiled(f"{label} fwd", "fwd", plan,
                               lambda m: work("fwd", plan.grid(m), triton.cdiv(window, m["BLOCK_K"])))
@@ -127,7 +125,8 @@ def conv_launches(batch: int = BATCH, sms: int = SMS):
             mask_bytes = 3 * y.numel() * ELEMENT_BYTES[dt] + 2 * mask.grid[0] * y.shape[1] * 4  # dy, y, g; db
             yield f"{label} relu_mask", mask.kernel, mask.args, launch_work(
                 name, "relu_mask", dt, prod(mask.grid), 1, 0, mask_bytes, in_the_step)
-            _, dgrad = conv_launch.dgrad_plan(g, w_in, form)
+            # the weight as the forward read it: ConvReLU keeps it for dgrad, which reads a 16-bit one in place
+            _, dgrad = conv_launch.dgrad_plan(g, plan.args["w_ptr"], form)
             taps = triton.cdiv(form.R, form.stride[0]) * triton.cdiv(form.S, form.stride[1]) * (form.K // form.groups)
             yield from _tiled(f"{label} dgrad", "dgrad", dgrad, lambda m: work(
                 "dgrad", dgrad.grid(m), triton.cdiv(taps, m["BLOCK_K"]), step=in_the_step and name != "conv1"))

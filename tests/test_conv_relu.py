@@ -284,13 +284,16 @@ def test_outputs_are_channels_last():
         assert t.is_contiguous(memory_format=torch.channels_last), f"[{name}] strides {t.stride()}"
 
 
+@pytest.mark.parametrize("name", ["3x2/2 g2", "64 filters 3x3/2"])
 @pytest.mark.parametrize("kernel", list(TILES))
-def test_every_tile(kernel):
+def test_every_tile(kernel, name):
     """Each tile the autotuner can pick on a GPU (the interpreter runs one per shape) gives the same answer,
-    in fp32 (TF32 on a GPU while torch allows it for convolutions, so TF32's tolerance then) and in bf16."""
-    x_shape, w_shape, *arguments, bias = ODD["3x2/2 g2"]
+    in fp32 (TF32 on a GPU while torch allows it for convolutions, so TF32's tolerance then) and in bf16. The
+    weight is channels_last, as the forward's copy: with 64 filters bf16 dgrad reads it in place."""
+    x_shape, w_shape, *arguments, bias = {**ODD, "64 filters 3x3/2": ((1, 4, 9, 8), (64, 4, 3, 3), 2, 1, 1, True)}[name]
     for precision in (PRECISIONS[1] if conv_launch.precision(torch.float32) == "tf32" else EXACT, PRECISIONS[3]):
         x, w, b = make(x_shape, w_shape, bias, precision[1])
+        w = channels_last(w)
         y = reference(x.double(), w.double(), b.double(), *arguments).to(x.dtype)
         y = y.contiguous(memory_format=torch.channels_last)
         g, _ = conv_launch._relu_mask(gradient_like(y), y, bias=False)
@@ -305,6 +308,8 @@ def test_every_tile(kernel):
             elif kernel == "dgrad":
                 out, plan = conv_launch.dgrad_plan(g, w, geometry)
                 want = dx
+                in_place = name == "64 filters 3x3/2" and x.dtype == torch.bfloat16
+                assert (plan.args["w_ptr"] is w) == in_place, f"[dgrad {name} {precision[0]}] in place: {not in_place}"
             else:
                 out, plan = conv_launch.wgrad_plan(g, x, geometry)
                 want = dw

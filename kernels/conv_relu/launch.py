@@ -138,8 +138,9 @@ def _space_to_depth_constants(g: ConvGeometry, sx):
 
 
 def fwd_plan(x, weight, bias, geometry: ConvGeometry):
-    """(y, Launch) of the forward of `geometry` (a stride-1 form already applied to x and weight)."""
-    # (r, s, c) contiguous for the reduction, in x's dtype: fp32 master weights are cast in the same copy
+    """(y, Launch) of the forward of `geometry` (a stride-1 form already applied to x and weight). The weight it
+    reads, args["w_ptr"], is channels_last in x's dtype: the layout copy also casts fp32 master weights (and
+    dgrad reads a 16-bit one again: dgrad_plan)."""
     w = weight.to(x.dtype, memory_format=torch.channels_last)
     y = torch.empty(geometry.y_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     grid, constants = _fwd_constants(geometry, x.stride(), w.stride(), y.stride(),
@@ -302,14 +303,12 @@ def _forward(x_in, weight, bias, geometry: ConvGeometry):
     """(y, w_in) from x_in = kernel_input(x, geometry): w_in is the weight as the forward read it, in x_in's
     dtype and channels_last, in the space-to-depth form where the convolution runs as it (dgrad reads it too)."""
     if geometry.runs_as:
-        w_in, copy = space_to_depth_weight_plan(weight, geometry, x_in.dtype)
+        weight, copy = space_to_depth_weight_plan(weight, geometry, x_in.dtype)
         copy.start(x_in.device)
-    else:
-        w_in = weight.to(x_in.dtype, memory_format=torch.channels_last)  # fp32 master weights cast
-    y, plan = fwd_plan(x_in, w_in, bias, geometry.kernel_form)
+    y, plan = fwd_plan(x_in, weight, bias, geometry.kernel_form)
     if y.numel():
         plan.start(x_in.device)
-    return y, w_in
+    return y, plan.args["w_ptr"]
 
 
 def weight_form(weight, geometry: ConvGeometry):
